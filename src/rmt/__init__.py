@@ -1,0 +1,8 @@
+"""rmt: the Recurrent Memory Transformer for any Hugging Face model."""
+
+from .config import RMTConfig
+from .outputs import RMTOutput, RMTStreamOutput
+from .recurrent import RecurrentMemoryTransformer
+
+__all__ = ["RMTConfig", "RMTOutput", "RMTStreamOutput", "RecurrentMemoryTransformer"]
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Analyses of RMT that need no trained model: ``flops`` counts forward-pass FLOPs."""

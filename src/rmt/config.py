@@ -1,0 +1,74 @@
+"""RMTConfig: the few numbers that turn a transformer into a Recurrent Memory Transformer."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+ALIGNMENTS = ("left", "right")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"RMTConfig.{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < minimum:
+        raise ValueError(f"RMTConfig.{name} must be >= {minimum}, got {value}")
+
+
+@dataclass
+class RMTConfig:
+    """How memory is added to a backbone.
+
+    Args:
+        num_mem_tokens: memory vectors carried from segment to segment (``m``). 0 turns the
+            wrapper into a plain segment-by-segment reader without memory (a baseline).
+        segment_size: input tokens per segment, not counting memory and special tokens.
+        bptt_depth: truncated backpropagation through time. ``None`` backpropagates through
+            every memory transition; ``k`` lets no gradient cross more than ``k`` transitions
+            (the last ``k`` are always connected); ``0`` detaches memory between all segments.
+        alignment: ``"left"`` cuts segments from the start (the last one may be partial; chunked
+            streaming then equals one call); ``"right"`` cuts from the end (the first one may be
+            partial, the last one is full).
+        cls_token_id, sep_token_id: encoder layouts only: the special tokens put around every
+            segment, ``[CLS] mem segment [SEP]``. Taken from the backbone config when it has them.
+        gradient_checkpointing: recompute each segment's activations in the backward pass, so a
+            training step over many segments keeps only the memory between segments.
+    """
+
+    num_mem_tokens: int = 10
+    segment_size: int = 128
+    bptt_depth: Optional[int] = None
+    alignment: str = "left"
+    cls_token_id: Optional[int] = None
+    sep_token_id: Optional[int] = None
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int("num_mem_tokens", self.num_mem_tokens, 0)
+        _check_int("segment_size", self.segment_size, 1)
+        if self.bptt_depth is not None:
+            _check_int("bptt_depth", self.bptt_depth, 0)
+        if self.alignment not in ALIGNMENTS:
+            raise ValueError(f"RMTConfig.alignment must be one of {ALIGNMENTS}, got {self.alignment!r}")
+        for name in ("cls_token_id", "sep_token_id"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 0)
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise TypeError("RMTConfig.gradient_checkpointing must be a bool")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RMTConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown RMTConfig fields {unknown}; known fields are {sorted(known)}")
+        return cls(**data)
+
+    def to_json_file(self, path: str | Path, **extra: Any) -> None:
+        Path(path).write_text(json.dumps({**self.to_dict(), **extra}, indent=2) + "\n")

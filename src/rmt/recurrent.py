@@ -1,0 +1,643 @@
+"""RecurrentMemoryTransformer: cut a long input into segments and carry memory between them.
+
+The loop (`forward`) is: pack each sample's real tokens, plan which sample reads which segment at
+each step (samples are aligned at their *last* segment, so a shorter sample simply starts later and
+its memory waits unchanged), run the backbone on ``memory + segment`` for the samples active in the
+step, write their new memory, and truncate BPTT by detaching it where `bptt_depth` says.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional, Union
+
+import torch
+import torch.nn.functional as F
+import transformers
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import RMTConfig
+from .memory import DecoderLayout, EncoderLayout
+from .outputs import RMTOutput, RMTStreamOutput
+
+CONFIG_NAME = "rmt_config.json"
+MEMORY_NAME = "memory.safetensors"
+BACKBONE_DIR = "backbone"
+
+TokenChunks = Union[torch.Tensor, Iterable[Any]]
+
+
+def _base_model(backbone: nn.Module) -> nn.Module:
+    """The transformers model under a peft wrapper (or the backbone itself)."""
+    get_base = getattr(backbone, "get_base_model", None)
+    return get_base() if callable(get_base) else backbone
+
+
+def _is_causal(model: nn.Module) -> bool:
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    cfg = model.config
+    if getattr(cfg, "is_decoder", False):
+        return True
+    model_type = getattr(cfg, "model_type", None)
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def _head_kind(model: nn.Module) -> str:
+    """'sequence' (one output per input), 'none' (hidden states only) or 'token' (per-token logits)."""
+    name = type(model).__name__
+    if name.endswith("ForSequenceClassification"):
+        return "sequence"
+    if getattr(model, "base_model", model) is model:
+        return "none"
+    return "token"
+
+
+def _max_positions(cfg: Any) -> Optional[int]:
+    for name in ("max_position_embeddings", "n_positions", "max_seq_len"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+@dataclass
+class _Plan:
+    """Where each sample's segments are: real tokens packed to the left, one row per sample."""
+
+    ids: torch.Tensor  # (B, Lmax) real tokens first
+    positions: torch.Tensor  # (B, Lmax) their positions in the caller's tensor
+    lengths: torch.Tensor  # (B,) real tokens per sample
+    num_segments: torch.Tensor  # (B,)
+    num_steps: int
+
+
+@dataclass
+class _Step:
+    rows: torch.Tensor  # (b,) samples active in this step
+    index: torch.Tensor  # (b, w) indices into the packed rows
+    valid: torch.Tensor  # (b, w) bool, False on padding
+    lengths: torch.Tensor  # (b,)
+
+
+class RecurrentMemoryTransformer(nn.Module):
+    """Wrap a transformers model so it reads inputs of any length through a recurrent memory.
+
+    The layout is decided from the backbone: causal models get ``[read mem | segment | write mem]``,
+    encoders ``[CLS] mem segment [SEP]`` (encoder inputs are given without special tokens; the
+    wrapper adds them around every segment). Unknown attributes are forwarded to the backbone.
+
+    Example::
+
+        model = rmt.RecurrentMemoryTransformer(AutoModelForCausalLM.from_pretrained("gpt2"),
+                                               rmt.RMTConfig(num_mem_tokens=10, segment_size=512))
+        out = model(input_ids, labels=input_ids)      # input_ids: (B, T), T as long as you like
+    """
+
+    def __init__(self, backbone: nn.Module, config: Optional[RMTConfig] = None):
+        super().__init__()
+        config = RMTConfig() if config is None else config
+        if not isinstance(config, RMTConfig):
+            raise TypeError(f"config must be an rmt.RMTConfig, got {type(config).__name__}")
+        base = _base_model(backbone)
+        if not isinstance(base, transformers.PreTrainedModel):
+            raise TypeError(
+                f"backbone must be a transformers PreTrainedModel (e.g. from AutoModelForCausalLM), "
+                f"got {type(backbone).__name__}"
+            )
+        if getattr(base.config, "is_encoder_decoder", False):
+            raise ValueError(
+                f"{type(base).__name__} is an encoder-decoder model; RMT wraps decoder-only (GPT-2, Llama, ...) "
+                "or encoder-only (BERT, ...) models"
+            )
+        try:
+            embeddings = backbone.get_input_embeddings()
+        except (NotImplementedError, AttributeError):
+            embeddings = None
+        if not isinstance(embeddings, nn.Embedding):
+            raise TypeError(
+                f"{type(base).__name__} has no input embedding layer (get_input_embeddings() gave "
+                f"{type(embeddings).__name__}); RMT feeds memory through inputs_embeds and needs one"
+            )
+        hidden = getattr(base.config, "hidden_size", embeddings.embedding_dim)
+        if hidden != embeddings.embedding_dim:
+            raise ValueError(
+                f"{type(base).__name__} embeds tokens in {embeddings.embedding_dim} dims but its hidden states "
+                f"have {hidden}; the memory read from the outputs cannot be fed back as input embeddings"
+            )
+
+        self.rmt_config = config
+        self.backbone = backbone
+        self.is_causal = _is_causal(base)
+        self.head = _head_kind(base)
+        if self.is_causal and self.head == "sequence":
+            raise ValueError(
+                f"{type(base).__name__}: sequence classification with a decoder is not supported; use the causal LM "
+                "(answer as text) or an encoder (BERT-like) classifier"
+            )
+        m = config.num_mem_tokens
+        if self.is_causal:
+            self.layout = DecoderLayout(m)
+        else:
+            cls_id, sep_id = self._special_ids(base.config, embeddings.num_embeddings)
+            self.layout = EncoderLayout(m)
+            self.register_buffer("special_ids", torch.tensor([cls_id, sep_id], device=embeddings.weight.device), persistent=False)
+        needed = config.segment_size + self.layout.num_special + (2 * m if self.is_causal else m)
+        limit = _max_positions(base.config)
+        if limit is not None and needed > limit:
+            fits = limit - (needed - config.segment_size)
+            raise ValueError(
+                f"segment_size={config.segment_size} with {m} memory tokens needs {needed} positions but "
+                f"{type(base).__name__} has {limit}; the largest segment_size that fits is {fits}"
+                + ("" if fits > 0 else " (none: use fewer memory tokens)")
+            )
+        # initial memory, scaled like the token embeddings (Bulatov et al., 2022)
+        weight = embeddings.weight
+        init = torch.randn(m, embeddings.embedding_dim, dtype=weight.dtype, device=weight.device)
+        self.initial_memory = nn.Parameter(init * weight.detach().float().std().to(weight.dtype))
+
+    def _special_ids(self, cfg: Any, vocab: int) -> tuple[int, int]:
+        def first(*names: str) -> Optional[int]:
+            values = [getattr(cfg, n, None) for n in names]
+            return next((v for v in values if isinstance(v, int)), None)
+
+        cls_id = self.rmt_config.cls_token_id
+        cls_id = first("cls_token_id", "bos_token_id") if cls_id is None else cls_id
+        sep_id = self.rmt_config.sep_token_id
+        sep_id = first("sep_token_id", "eos_token_id") if sep_id is None else sep_id
+        if cls_id is None or sep_id is None:
+            raise ValueError(
+                "an encoder needs the ids of its [CLS] and [SEP] tokens to put around every segment and its config "
+                "does not give them: pass RMTConfig(cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id)"
+            )
+        for name, value in (("cls_token_id", cls_id), ("sep_token_id", sep_id)):
+            if not 0 <= value < vocab:
+                raise ValueError(f"{name}={value} is outside the backbone's vocabulary of {vocab} tokens")
+        self.rmt_config.cls_token_id, self.rmt_config.sep_token_id = int(cls_id), int(sep_id)
+        return int(cls_id), int(sep_id)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "backbone":
+                raise
+            return getattr(self.backbone, name)
+
+    # ------------------------------------------------------------------ memory
+
+    @property
+    def num_mem_tokens(self) -> int:
+        return self.rmt_config.num_mem_tokens
+
+    def init_memory(self, batch_size: int) -> torch.Tensor:
+        """The learned initial memory for `batch_size` samples, (B, m, d)."""
+        return self.initial_memory.unsqueeze(0).expand(batch_size, -1, -1)
+
+    def _check_memory(self, memory: Optional[torch.Tensor], batch_size: int) -> torch.Tensor:
+        if memory is None:
+            return self.init_memory(batch_size)
+        want = (batch_size, *self.initial_memory.shape)
+        if not isinstance(memory, torch.Tensor) or tuple(memory.shape) != want:
+            got = tuple(memory.shape) if isinstance(memory, torch.Tensor) else type(memory).__name__
+            raise ValueError(
+                f"memory must have shape (batch, num_mem_tokens, hidden) = {want}, got {got}; "
+                "pass the .memory of a previous output for the same batch, or model.init_memory(batch_size)"
+            )
+        return memory.to(self.initial_memory.dtype)
+
+    # ------------------------------------------------------------------ one segment
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.backbone.get_input_embeddings()(ids)
+
+    def _segment(self, ids: torch.Tensor, lengths: torch.Tensor, memory: torch.Tensor,
+                 labels: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Run one segment. ids (b, w) right-padded, lengths (b,), memory (b, m, d).
+
+        Returns the new memory (b, m, d), the outputs ((b, w, ·) per token, or (b, C) for sequence
+        heads) and the backbone's loss (sequence heads given `labels`).
+        """
+        if self.rmt_config.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self._segment_impl, ids, lengths, memory, labels, use_reentrant=False)
+        return self._segment_impl(ids, lengths, memory, labels)
+
+    def _segment_impl(self, ids, lengths, memory, labels):
+        embeds = self._embed(ids)  # (b, w, d)
+        specials = None if self.is_causal else self._embed(self.special_ids)  # (2, d): [CLS], [SEP]
+        seg = self.layout.build(embeds, lengths, memory.to(embeds.dtype), specials)
+        kwargs: dict[str, Any] = dict(inputs_embeds=seg.inputs_embeds, attention_mask=seg.attention_mask,
+                                      output_hidden_states=True, return_dict=True)
+        if self.is_causal:
+            kwargs["use_cache"] = False
+        if labels is not None:
+            kwargs["labels"] = labels
+        out = self.backbone(**kwargs)
+        hidden = out.hidden_states[-1]  # (b, L, d)
+        new_memory = self.layout.read(hidden, lengths).to(memory.dtype)
+        p, w = self.layout.prefix, ids.shape[1]
+        if self.head == "sequence":
+            outputs = out.logits  # (b, C)
+        elif self.head == "none":
+            outputs = hidden[:, p : p + w]  # (b, w, d)
+        else:
+            outputs = out.logits[:, p : p + w]  # (b, w, V)
+        return new_memory, outputs, out.loss if labels is not None else None
+
+    # ------------------------------------------------------------------ planning
+
+    def _check_ids(self, input_ids: Any, attention_mask: Any) -> None:
+        if not isinstance(input_ids, torch.Tensor):
+            raise TypeError(f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}; "
+                             "add a batch dimension with input_ids[None]")
+        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+            raise TypeError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
+        if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); give at least one token per sample")
+        vocab = self.backbone.get_input_embeddings().num_embeddings
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= vocab:
+            raise ValueError(f"input_ids hold ids in [{low}, {high}] but the backbone's vocabulary has {vocab} tokens "
+                             "(ids 0..{}); was the input made with another tokenizer?".format(vocab - 1))
+        if not self.is_causal and bool((input_ids[:, :1] == self.special_ids[0]).all()):
+            raise ValueError("input_ids already start with the [CLS] token; encoder inputs are given without special "
+                             "tokens (tokenizer(text, add_special_tokens=False)): the wrapper adds [CLS]/[SEP] per segment")
+        if attention_mask is not None:
+            if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
+                got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+                raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got {got}")
+            if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
+                raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+
+    def _plan(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> _Plan:
+        B, T = input_ids.shape
+        s = self.rmt_config.segment_size
+        if attention_mask is None or bool(attention_mask.all()):
+            positions = torch.arange(T, device=input_ids.device).expand(B, T)
+            ids = input_ids
+            lengths = torch.full((B,), T, device=input_ids.device)
+        else:
+            keep = attention_mask.bool()
+            # real tokens first, in order: a stable sort of the padding flags
+            positions = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # (B, T)
+            ids = input_ids.gather(1, positions)
+            lengths = keep.sum(1)
+        num_segments = (lengths + s - 1) // s
+        return _Plan(ids, positions, lengths, num_segments, int(num_segments.max()))
+
+    def _step(self, plan: _Plan, j: int) -> _Step:
+        """Which samples read which tokens at step j (samples are aligned at their last segment)."""
+        s = self.rmt_config.segment_size
+        n = plan.num_segments
+        rows = torch.nonzero(j >= plan.num_steps - n).squeeze(1)  # (b,)
+        k = j - (plan.num_steps - n[rows])  # each active sample's own segment index
+        L = plan.lengths[rows]
+        if self.rmt_config.alignment == "left":
+            start = k * s
+            end = torch.minimum(start + s, L)
+        else:
+            end = L - (n[rows] - 1 - k) * s
+            start = (end - s).clamp(min=0)
+        lengths = end - start
+        w = int(lengths.max())
+        offsets = torch.arange(w, device=start.device).view(1, -1)
+        valid = offsets < lengths.view(-1, 1)  # (b, w)
+        index = (start.view(-1, 1) + offsets).clamp(max=plan.ids.shape[1] - 1)  # (b, w)
+        return _Step(rows, index, valid, lengths)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        memory: Optional[torch.Tensor] = None,
+    ) -> RMTOutput:
+        """Read `input_ids` (B, T) segment by segment.
+
+        Args:
+            input_ids: (B, T) token ids; any length. Encoders: without special tokens.
+            attention_mask: (B, T), 0 on padding (left, right or both). Padding never updates a
+                sample's memory and never enters a loss.
+            labels: causal LM: (B, T) ids, -100 where unscored (shifted inside, across segment
+                boundaries too); sequence classification: (B,) class ids (or (B, C) for
+                multi-label/regression as the backbone's head expects).
+            memory: (B, m, d) to continue a read (``out.memory`` of a previous call).
+        """
+        self._check_ids(input_ids, attention_mask)
+        B, T = input_ids.shape
+        memory = self._check_memory(memory, B)
+        plan = self._plan(input_ids, attention_mask)
+        targets = self._targets(labels, plan, input_ids.shape)
+
+        k = self.rmt_config.bptt_depth
+        N = plan.num_steps
+        gathered: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        seg_losses: list[torch.Tensor] = []
+        loss_sum = input_ids.new_zeros((), dtype=torch.float32)
+        loss_count = 0
+        seq_logits = seq_loss = None
+        for j in range(N):
+            step = self._step(plan, j)
+            rows = step.rows
+            ids = plan.ids[rows].gather(1, step.index).masked_fill(~step.valid, 0)  # (b, w)
+            seq_labels = targets[rows] if (targets is not None and self.head == "sequence") else None
+            new_memory, outputs, head_loss = self._segment(ids, step.lengths, memory[rows], seq_labels)
+            if k is not None and j + 1 < N - k:
+                new_memory = new_memory.detach()  # truncated BPTT: this transition is not backpropagated
+            memory = new_memory if rows.numel() == B else memory.index_copy(0, rows, new_memory)
+
+            if self.head == "sequence":
+                seq_logits, seq_loss = outputs, head_loss
+                if head_loss is not None:
+                    seg_losses.append(head_loss.detach().float())
+                continue
+            valid = step.valid
+            positions = plan.positions[rows].gather(1, step.index)  # (b, w) in the caller's tensor
+            gathered.append((rows.view(-1, 1).expand_as(positions)[valid], positions[valid], outputs[valid]))
+            if targets is not None:
+                tgt = targets[rows].gather(1, step.index).masked_fill(~valid, -100)  # (b, w)
+                total = F.cross_entropy(outputs.flatten(0, 1).float(), tgt.flatten(), ignore_index=-100, reduction="sum")
+                count = int((tgt != -100).sum())
+                loss_sum = loss_sum + total
+                loss_count += count
+                seg_losses.append(total.detach() / count if count else total.detach() * float("nan"))
+
+        if self.head == "sequence":
+            return RMTOutput(loss=seq_loss, logits=seq_logits, memory=memory,
+                             segment_losses=torch.stack(seg_losses) if seg_losses else None)
+        b_idx, t_idx, values = (torch.cat(parts) for parts in zip(*gathered))
+        full = values.new_zeros(B, T, values.shape[-1]).index_put((b_idx, t_idx), values)
+        loss = None
+        if targets is not None:
+            loss = loss_sum / loss_count if loss_count else loss_sum * float("nan")
+        return RMTOutput(
+            loss=loss,
+            logits=full if self.head == "token" else None,
+            last_hidden_state=full if self.head == "none" else None,
+            memory=memory,
+            segment_losses=torch.stack(seg_losses) if seg_losses else None,
+        )
+
+    def _targets(self, labels: Optional[torch.Tensor], plan: _Plan, shape: torch.Size) -> Optional[torch.Tensor]:
+        """Labels packed like the plan's tokens; causal LMs shifted by one across the whole input."""
+        if labels is None:
+            return None
+        if not isinstance(labels, torch.Tensor):
+            raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+        B = shape[0]
+        if self.head == "none":
+            raise ValueError(f"{type(_base_model(self.backbone)).__name__} has no head to compute a loss with; "
+                             "wrap a model with a head (AutoModelForCausalLM, AutoModelForSequenceClassification)")
+        if self.head == "sequence":
+            if labels.shape[0] != B or labels.dim() > 2:
+                raise ValueError(f"classification labels must have shape (batch,) = ({B},) "
+                                 f"(or (batch, num_labels) for multi-label), got {tuple(labels.shape)}")
+            if bool((plan.lengths == 0).any()):
+                raise ValueError("a sample has no tokens (its attention_mask is all 0); a classifier needs at least one")
+            return labels
+        if labels.shape != shape:
+            raise ValueError(f"labels must have the shape of input_ids {tuple(shape)}, got {tuple(labels.shape)}")
+        packed = labels.gather(1, plan.positions)  # (B, Lmax)
+        in_range = torch.arange(packed.shape[1], device=packed.device).view(1, -1) < plan.lengths.view(-1, 1)
+        packed = packed.masked_fill(~in_range, -100)
+        if not self.is_causal:
+            return packed
+        # token t predicts token t+1: shift once over each sample's real tokens
+        return torch.cat([packed[:, 1:], packed.new_full((B, 1), -100)], dim=1)
+
+    # ------------------------------------------------------------------ streaming
+
+    @torch.no_grad()
+    def stream(
+        self,
+        tokens: TokenChunks,
+        memory: Optional[torch.Tensor] = None,
+        *,
+        compute_loss: bool = False,
+        progress: bool = False,
+    ) -> RMTStreamOutput:
+        """Read an input of any length (millions of tokens) under no_grad with constant memory.
+
+        Args:
+            tokens: a (B, T) tensor, or an iterable of chunks ((B, t) tensors, 1-D tensors or lists
+                of ids, for B=1) of any lengths: they are re-cut into `segment_size` segments, so
+                the result does not depend on how the input was chunked.
+            memory: (B, m, d) to continue from.
+            compute_loss: causal LMs: also the mean next-token loss over the whole stream (the
+                same as ``forward(all_tokens, labels=all_tokens).loss``).
+            progress: show a tqdm bar of tokens read.
+
+        Nothing per token is kept: only the memory, the running loss and one loss per segment.
+        """
+        if self.rmt_config.alignment != "left":
+            raise ValueError("stream() reads segments as they arrive, which needs RMTConfig(alignment='left')")
+        if compute_loss and not (self.is_causal and self.head == "token"):
+            raise ValueError("compute_loss=True needs a causal language model")
+        from tqdm.auto import tqdm
+
+        s = self.rmt_config.segment_size
+        chunks = tokens.split(s * 64, dim=1) if isinstance(tokens, torch.Tensor) else tokens
+        device = self.initial_memory.device
+        bar = tqdm(unit="tok", disable=not progress, desc="reading")
+        buffer: Optional[torch.Tensor] = None
+        prev_last = None  # (B, V) logits of the previous segment's last token: it predicts the next one
+        loss_sum, loss_count, seg_losses = 0.0, 0, []
+        num_tokens = num_segments = 0
+        last_logits = None
+
+        def consume(seg: torch.Tensor) -> None:
+            nonlocal memory, prev_last, loss_sum, loss_count, num_tokens, num_segments, last_logits
+            if memory is None:
+                memory = self.init_memory(seg.shape[0])
+            lengths = torch.full((seg.shape[0],), seg.shape[1], device=device)
+            memory, outputs, _ = self._segment(seg, lengths, memory)
+            num_tokens += seg.shape[1]
+            num_segments += 1
+            last_logits = outputs if self.head == "sequence" else outputs[:, -1]
+            if compute_loss:
+                logits, targets = outputs[:, :-1], seg[:, 1:]
+                if prev_last is not None:
+                    logits, targets = torch.cat([prev_last[:, None], logits], 1), seg
+                total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
+                loss_sum += float(total)
+                loss_count += targets.numel()
+                seg_losses.append(float(total) / max(targets.numel(), 1))
+                prev_last = outputs[:, -1]
+            bar.update(seg.shape[1])
+
+        for chunk in chunks:
+            chunk = torch.as_tensor(chunk, device=device)
+            chunk = chunk.view(1, -1) if chunk.dim() == 1 else chunk
+            if chunk.shape[1] == 0:
+                continue
+            self._check_ids(chunk, None)
+            buffer = chunk if buffer is None else torch.cat([buffer, chunk], dim=1)
+            if memory is not None:
+                memory = self._check_memory(memory, buffer.shape[0])
+            while buffer.shape[1] >= s:
+                consume(buffer[:, :s])
+                buffer = buffer[:, s:]
+        if buffer is not None and buffer.shape[1] > 0:
+            consume(buffer)
+        bar.close()
+        if num_tokens == 0:
+            raise ValueError("stream() got no tokens")
+        loss = torch.tensor(loss_sum / loss_count) if compute_loss and loss_count else None
+        return RMTStreamOutput(memory=memory, loss=loss, num_tokens=num_tokens, num_segments=num_segments,
+                               segment_losses=torch.tensor(seg_losses) if compute_loss else None, logits=last_logits)
+
+    # ------------------------------------------------------------------ generation
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        max_new_tokens: int = 20,
+        memory: Optional[torch.Tensor] = None,
+        **generate_kwargs: Any,
+    ) -> torch.Tensor:
+        """Continue `input_ids` (B, T) by `max_new_tokens` tokens; returns (B, T + new) like transformers.
+
+        All full segments are read into memory, then the backbone decodes from the last (partial)
+        segment with its KV cache; when the segment fills up, its memory is written and decoding
+        continues in a new segment. Sampling options (``do_sample``, ``temperature``, ``top_k``,
+        ``top_p``, ``generation_config``, ...) go to the backbone's ``generate``. Ragged batches
+        (``attention_mask``) are decoded sample by sample and returned left-padded.
+        """
+        if not (self.is_causal and self.head == "token"):
+            raise ValueError(f"generate() needs a causal language model; {type(_base_model(self.backbone)).__name__} is not one")
+        if "max_length" in generate_kwargs:
+            raise ValueError("pass max_new_tokens, not max_length: the input may be far longer than the backbone's context")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+        self._check_ids(input_ids, attention_mask)
+        memory = self._check_memory(memory, input_ids.shape[0])
+        if attention_mask is not None and not bool(attention_mask.all()):
+            return self._generate_ragged(input_ids, attention_mask, max_new_tokens, memory, generate_kwargs)
+        gen_cfg = generate_kwargs.get("generation_config") or self.backbone.generation_config
+        eos = gen_cfg.eos_token_id
+        eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        pad = gen_cfg.pad_token_id if gen_cfg.pad_token_id is not None else (eos[0] if eos else 0)
+        generate_kwargs.setdefault("pad_token_id", pad)
+
+        s = self.rmt_config.segment_size
+        T = input_ids.shape[1]
+        full = (T - 1) // s * s  # tokens in full segments before the last (non-empty) one
+        if full:
+            memory = self._read(input_ids[:, :full], memory)
+        segment = input_ids[:, full:]  # (B, 1..s)
+        new_tokens: list[torch.Tensor] = []
+        finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        remaining = max_new_tokens
+        while remaining > 0:
+            # fill the segment; one more token is predicted from the full segment and opens the next
+            count = min(remaining, s - segment.shape[1] + 1)
+            embeds = torch.cat([memory.to(self.initial_memory.dtype), self._embed(segment)], dim=1)
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+            out = self.backbone.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=count,
+                                         min_new_tokens=0, **generate_kwargs)
+            out = out[:, -count:] if out.shape[1] > count else out  # new tokens only
+            out = out.masked_fill(finished.view(-1, 1), pad)
+            if eos:
+                hit = torch.isin(out, torch.tensor(eos, device=out.device))
+                after = hit.long().cumsum(1) - hit.long() > 0  # positions after each sample's first eos
+                out = out.masked_fill(after, pad)
+                finished |= hit.any(1)
+            new_tokens.append(out)
+            remaining -= out.shape[1]
+            if bool(finished.all()) or out.shape[1] < count:
+                break
+            segment = torch.cat([segment, out], dim=1)
+            if segment.shape[1] > s:
+                memory = self._read(segment[:, :s], memory)
+                segment = segment[:, s:]
+        return torch.cat([input_ids, *new_tokens], dim=1)
+
+    def _generate_ragged(self, input_ids, attention_mask, max_new_tokens, memory, generate_kwargs):
+        outputs = [
+            self.generate(input_ids[i : i + 1][:, attention_mask[i].bool()], None, max_new_tokens, memory[i : i + 1],
+                          **dict(generate_kwargs))[0]
+            for i in range(input_ids.shape[0])
+        ]
+        pad = self.backbone.generation_config.pad_token_id
+        pad = pad if pad is not None else 0
+        width = max(o.shape[0] for o in outputs)
+        return torch.stack([torch.cat([o.new_full((width - o.shape[0],), pad), o]) for o in outputs])
+
+    def _read(self, input_ids: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """Memory after reading (B, T) tokens (no padding), keeping no outputs."""
+        s = self.rmt_config.segment_size
+        for start in range(0, input_ids.shape[1], s):
+            seg = input_ids[:, start : start + s]
+            lengths = torch.full((seg.shape[0],), seg.shape[1], device=seg.device)
+            memory, _, _ = self._segment(seg, lengths, memory)
+        return memory
+
+    # ------------------------------------------------------------------ save / load
+
+    def save_pretrained(self, path: Union[str, Path], **backbone_kwargs: Any) -> None:
+        """Write ``rmt_config.json``, ``memory.safetensors`` and the backbone (``backbone/``).
+
+        A peft-wrapped backbone writes only its adapter; load it over the same base model with
+        ``from_pretrained(path, backbone=base_model)``.
+        """
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.backbone.save_pretrained(path / BACKBONE_DIR, **backbone_kwargs)
+        save_file({"initial_memory": self.initial_memory.detach().cpu().contiguous()}, str(path / MEMORY_NAME))
+        base = _base_model(self.backbone)
+        self.rmt_config.to_json_file(path / CONFIG_NAME, backbone_class=type(base).__name__,
+                                     is_peft=base is not self.backbone, rmt_format=1)
+
+    @classmethod
+    def from_pretrained(cls, path: Union[str, Path], backbone: Optional[nn.Module] = None,
+                        **backbone_kwargs: Any) -> "RecurrentMemoryTransformer":
+        """Load what `save_pretrained` wrote.
+
+        Args:
+            path: the folder.
+            backbone: a model to load the saved memory (and, for peft saves, the adapter) onto;
+                by default the saved backbone is loaded with the transformers class recorded in
+                the config.
+            backbone_kwargs: passed to the backbone's ``from_pretrained`` (``dtype=``, ...).
+        """
+        path = Path(path)
+        config_file = path / CONFIG_NAME
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{config_file} not found: is {path} a folder written by RecurrentMemoryTransformer.save_pretrained?")
+        data = json.loads(config_file.read_text())
+        class_name = data.pop("backbone_class")
+        is_peft = data.pop("is_peft", False)
+        data.pop("rmt_format", None)
+        config = RMTConfig.from_dict(data)
+        if backbone is None and is_peft:
+            raise ValueError(f"{path} holds a peft adapter, not a whole backbone: pass the base model, "
+                             "from_pretrained(path, backbone=base_model)")
+        if backbone is None:
+            backbone_cls = getattr(transformers, class_name, None)
+            if backbone_cls is None:
+                raise ValueError(f"{path} was saved with backbone class {class_name!r}, which this transformers "
+                                 f"{transformers.__version__} does not have")
+            backbone = backbone_cls.from_pretrained(path / BACKBONE_DIR, **backbone_kwargs)
+        elif is_peft:
+            from peft import PeftModel
+
+            backbone = PeftModel.from_pretrained(backbone, path / BACKBONE_DIR)
+        model = cls(backbone, config)
+        state = load_file(str(path / MEMORY_NAME))
+        with torch.no_grad():
+            model.initial_memory.copy_(state["initial_memory"].to(model.initial_memory.dtype))
+        return model
+

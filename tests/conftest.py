@@ -1,0 +1,62 @@
+"""Tiny random backbones (hidden 32, 2 layers, vocab 99) built in milliseconds, never downloaded."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+import transformers
+
+import rmt
+
+VOCAB = 99
+CLS, SEP = 1, 2
+
+
+def tiny_gpt2(n_positions: int = 64) -> transformers.PreTrainedModel:
+    cfg = transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=n_positions,
+                                  bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def tiny_llama(max_positions: int = 64) -> transformers.PreTrainedModel:
+    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
+                                   bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def tiny_bert(max_positions: int = 64, num_labels: int = 3) -> transformers.PreTrainedModel:
+    cfg = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=37, max_position_embeddings=max_positions, num_labels=num_labels)
+    return transformers.BertForSequenceClassification(cfg).eval()
+
+
+BACKBONES = {"gpt2": tiny_gpt2, "llama": tiny_llama, "bert": tiny_bert}
+
+
+def wrap(kind: str, **config) -> rmt.RecurrentMemoryTransformer:
+    config.setdefault("num_mem_tokens", 4)
+    config.setdefault("segment_size", 8)
+    if kind == "bert":
+        config.setdefault("cls_token_id", CLS)
+        config.setdefault("sep_token_id", SEP)
+    torch.manual_seed(0)
+    return rmt.RecurrentMemoryTransformer(BACKBONES[kind](), rmt.RMTConfig(**config)).eval()
+
+
+def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB - 1, (batch, length), generator=g)  # no special ids
+
+
+@pytest.fixture(params=list(BACKBONES))
+def kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture(params=["gpt2", "llama"])
+def decoder_kind(request) -> str:
+    return request.param
