@@ -48,7 +48,7 @@ class RMTStreamOutput(ModelOutput):
 
     memory: Optional[torch.Tensor] = None
     loss: Optional[torch.Tensor] = None
-    num_tokens: int = 0
-    num_segments: int = 0
+    num_tokens: Optional[int] = None
+    num_segments: Optional[int] = None
     segment_losses: Optional[torch.Tensor] = None
     logits: Optional[torch.Tensor] = None

@@ -452,12 +452,12 @@ class RecurrentMemoryTransformer(nn.Module):
         bar = tqdm(unit="tok", disable=not progress, desc="reading")
         buffer: Optional[torch.Tensor] = None
         prev_last = None  # (B, V) logits of the previous segment's last token: it predicts the next one
-        loss_sum, loss_count, seg_losses = 0.0, 0, []
+        seg_sums: list[list[float]] = []  # per segment: [loss sum, predicted tokens]
         num_tokens = num_segments = 0
         last_logits = None
 
         def consume(seg: torch.Tensor) -> None:
-            nonlocal memory, prev_last, loss_sum, loss_count, num_tokens, num_segments, last_logits
+            nonlocal memory, prev_last, num_tokens, num_segments, last_logits
             if memory is None:
                 memory = self.init_memory(seg.shape[0])
             lengths = torch.full((seg.shape[0],), seg.shape[1], device=device)
@@ -466,13 +466,14 @@ class RecurrentMemoryTransformer(nn.Module):
             num_segments += 1
             last_logits = outputs if self.head == "sequence" else outputs[:, -1]
             if compute_loss:
-                logits, targets = outputs[:, :-1], seg[:, 1:]
+                # a position's loss belongs to the segment it is in, as in forward(): the last
+                # token of the previous segment predicts this segment's first token
                 if prev_last is not None:
-                    logits, targets = torch.cat([prev_last[:, None], logits], 1), seg
-                total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
-                loss_sum += float(total)
-                loss_count += targets.numel()
-                seg_losses.append(float(total) / max(targets.numel(), 1))
+                    boundary = float(F.cross_entropy(prev_last.float(), seg[:, 0], reduction="sum"))
+                    seg_sums[-1][0] += boundary
+                    seg_sums[-1][1] += seg.shape[0]
+                within = F.cross_entropy(outputs[:, :-1].flatten(0, 1).float(), seg[:, 1:].flatten(), reduction="sum")
+                seg_sums.append([float(within), seg[:, 1:].numel()])
                 prev_last = outputs[:, -1]
             bar.update(seg.shape[1])
 
@@ -493,9 +494,13 @@ class RecurrentMemoryTransformer(nn.Module):
         bar.close()
         if num_tokens == 0:
             raise ValueError("stream() got no tokens")
-        loss = torch.tensor(loss_sum / loss_count) if compute_loss and loss_count else None
+        loss = segment_losses = None
+        if compute_loss:
+            total, count = (sum(column) for column in zip(*seg_sums))
+            loss = torch.tensor(total / count if count else float("nan"))
+            segment_losses = torch.tensor([t / c if c else float("nan") for t, c in seg_sums])
         return RMTStreamOutput(memory=memory, loss=loss, num_tokens=num_tokens, num_segments=num_segments,
-                               segment_losses=torch.tensor(seg_losses) if compute_loss else None, logits=last_logits)
+                               segment_losses=segment_losses, logits=last_logits)
 
     # ------------------------------------------------------------------ generation
 

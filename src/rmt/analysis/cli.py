@@ -57,14 +57,16 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
 
 def run_flops(args: argparse.Namespace) -> int:
     """Print the FLOPs table (or JSON) and optionally write the plot."""
-    try:
+    lengths = [n for group in args.length for n in group] if args.length else list(DEFAULT_LENGTHS)
+    try:  # unknown model, bad segment or memory size: one line, nonzero exit
         configs = [get_config(name) for name in (args.model or OPT_CONFIGS)]
+        reports = [
+            flops_report(config, n, args.segment_size, args.mem)
+            for config in configs
+            for n in lengths
+        ]
     except ValueError as err:
         raise SystemExit(f"rmt flops: {err}") from None
-    lengths = [n for group in args.length for n in group] if args.length else list(DEFAULT_LENGTHS)
-    reports = [
-        flops_report(config, n, args.segment_size, args.mem) for config in configs for n in lengths
-    ]
     if args.json:
         print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
     else:
@@ -74,7 +76,8 @@ def run_flops(args: argparse.Namespace) -> int:
             print(f"{r['model']:<10} {r['length']:>10,} {r['full_attention_flops']:>15.3e} "
                   f"{r['rmt_flops']:>11.3e} {r['ratio']:>8.2f}")
     if args.plot:
-        path = plot_relative_flops(args.plot, configs, sorted(set(lengths)), args.segment_size, args.mem)
+        lengths = sorted(set(lengths))
+        path = plot_relative_flops(args.plot, configs, lengths, args.segment_size, args.mem)
         if not args.json:
             print(f"plot written to {path}")
     return 0

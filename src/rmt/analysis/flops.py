@@ -1,6 +1,6 @@
 """Forward-pass FLOPs of a transformer with full attention and with RMT (scaling report, Fig. 2).
 
-The count follows Hoffmann et al. 2022 ("Chinchilla", appendix F, table 6): a matrix product of
+The count follows Hoffmann et al. 2022 ("Chinchilla", appendix F): a matrix product of
 shapes ``(a, b) @ (b, c)`` costs ``2abc`` FLOPs, and the forward pass is the sum of the
 per-layer terms (QKV projections, attention logits ``QK^T``, softmax, attention reduction,
 output projection, dense FFN) over all layers, plus the final logits. Layer norms, biases,
@@ -17,14 +17,14 @@ x29 for OPT-175B at 2,048,000 tokens):
 - ``segment_size`` counts input tokens only (as ``RMTConfig.segment_size`` does); memory tokens
   are extra positions on top of it. 2,048,000 tokens are exactly 4000 segments of 512, each
   processed as 512 + 10 = 522 positions. This gives x282 and x28.1 (within 5% of the report).
-  Counting memory inside the 512 positions (502 input tokens per segment) gives x288 and x28.6;
-  both readings agree with the report to within its rounding of a figure.
+  The memory choice hardly matters: 502 tokens + 10 memory in 512 positions (4080 segments)
+  also gives x282, and no memory at all gives x288 and x28.6.
 - The token embedding is a table lookup and costs no FLOPs. Chinchilla's table prices it as a
   one-hot matrix product (``2 n V d``); with that term the OPT-125M ratio falls to x219, far from
-  the report's x295, because at 125M parameters the vocabulary products are a third of the
-  per-token cost. The final logits (a real ``d x V`` product) are counted.
+  the report's x295, because at 125M parameters the two vocabulary products would be almost half
+  of the per-token cost. The final logits (a real ``d x V`` product) are counted.
 - A decoder RMT has a read and a write memory (``[read | segment | write]``), i.e. ``2m`` extra
-  positions per segment: pass ``num_mem_tokens=2 * m`` to count that layout.
+  positions per segment: pass ``num_mem_tokens=2 * m`` to count that layout (x276 and x27.6).
 - A partial last segment is counted at its own length (plus memory), not padded.
 """
 
@@ -213,17 +213,16 @@ def plot_relative_flops(
 
     configs = list(OPT_CONFIGS.values() if configs is None else configs)
     fig, ax = plt.subplots(figsize=(7, 5))
-    colors = plt.get_cmap("viridis")(
-        [i / max(1, len(configs) - 1) for i in range(len(configs))]
-    )
+    colors = plt.get_cmap("viridis")([i / max(1, len(configs) - 1) for i in range(len(configs))])
     for config, color in zip(configs, colors):
         base = forward_flops(config, segment_size)
         full = [forward_flops(config, n) / base for n in lengths]
         rmt = [rmt_forward_flops(config, n, segment_size, num_mem_tokens) / base for n in lengths]
-        ax.plot(lengths, full, color=color, label=f"{config.name}")
+        ax.plot(lengths, full, color=color, label=config.name)
         ax.plot(lengths, rmt, color=color, linestyle="--")
     ax.plot([], [], color="gray", label="full attention")
-    ax.plot([], [], color="gray", linestyle="--", label=f"RMT ({segment_size} + {num_mem_tokens} mem)")
+    rmt_label = f"RMT ({segment_size} tokens + {num_mem_tokens} memory per segment)"
+    ax.plot([], [], color="gray", linestyle="--", label=rmt_label)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("input length, tokens")
