@@ -82,6 +82,14 @@ class BackgroundText:
             return list(text.encode("utf-8"))
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
+    def with_tokenizer(self, tokenizer) -> "BackgroundText":
+        """The same text (shared, not copied) read with another tokenizer (``None``: bytes)."""
+        view = object.__new__(BackgroundText)
+        view.__dict__.update(self.__dict__)
+        view.tokenizer = tokenizer if tokenizer is not None else ByteTokenizer()
+        view._byte_level = isinstance(view.tokenizer, ByteTokenizer)
+        return view
+
     def subset(self, start: float, end: float) -> "BackgroundText":
         """A view of the sentences in the fraction ``[start, end)`` of the corpus (for splits)."""
         if not 0.0 <= start < end <= 1.0:
@@ -115,6 +123,33 @@ class BackgroundText:
         """Exactly ``num_tokens`` ids of text from a seeded sentence (cut mid-sentence at the end)."""
         return [t for piece in _take(self.iter_sentences(seed), num_tokens) for t in piece]
 
+    def iter_with_facts(self, num_tokens: int, facts: Sequence[Sequence[int]], positions: Sequence[int],
+                        seed: int | str = 0) -> Iterator[list[int]]:
+        """Exactly ``num_tokens`` ids of text with ``facts`` (id lists) inserted, in order.
+
+        Fact ``k`` goes in at the first sentence boundary at or after token offset ``positions[k]``
+        of the text (offset 0: before any text; ``num_tokens``: after all of it), so facts never
+        split a sentence except the last one, which is cut to make the length exact. Yields pieces
+        (sentences and facts) lazily; join them or pass them to :func:`rechunk`.
+        """
+        if len(facts) != len(positions):
+            raise ValueError(f"got {len(facts)} facts but {len(positions)} positions")
+        if list(positions) != sorted(positions) or any(not 0 <= p <= num_tokens for p in positions):
+            raise ValueError(f"positions must be sorted and within [0, {num_tokens}], got {list(positions)}")
+        k, emitted = 0, 0
+        sentences = self.iter_sentences(seed)
+        while True:
+            while k < len(facts) and positions[k] <= emitted:
+                yield list(facts[k])
+                k += 1
+            if emitted >= num_tokens:
+                break
+            piece = next(sentences)[: num_tokens - emitted]
+            emitted += len(piece)
+            yield piece
+        for fact in facts[k:]:  # positions past the last boundary: after the text
+            yield list(fact)
+
 
 def _take(pieces: Iterator[list[int]], num_tokens: int) -> Iterator[list[int]]:
     """The first ``num_tokens`` ids of a stream of pieces, the last piece cut to fit."""
@@ -144,9 +179,9 @@ def bundled_files() -> list[Path]:
 
 
 @functools.lru_cache(maxsize=1)
-def _bundled_texts() -> tuple[str, ...]:
-    # Read once per process: every task built with the default source shares these strings.
-    return tuple(read_text_file(p) for p in bundled_files())
+def _bundled() -> BackgroundText:
+    # Read and split once per process: every task built with the default source shares the text.
+    return BackgroundText([read_text_file(p) for p in bundled_files()], name="bundled")
 
 
 def background_text(
@@ -167,7 +202,7 @@ def background_text(
         max_chars: how much of a ``datasets`` source to read.
     """
     if source is None:
-        return BackgroundText(list(_bundled_texts()), tokenizer, name="bundled")
+        return _bundled().with_tokenizer(tokenizer)
     if isinstance(source, (list, tuple)):
         paths = [Path(s) for s in source]
     elif Path(source).exists():

@@ -7,7 +7,6 @@ a start-to-generate token, and only the target is scored (per-token accuracy and
 from __future__ import annotations
 
 import math
-import random
 import string
 
 from ..data.tokenizer import sep_id
@@ -132,7 +131,7 @@ class QuadraticEquationsTask(_CharTask):
         """The worked solution and the answer for ``a*x^2+b*x+c=0`` with integer roots."""
         d = b * b - 4 * a * c
         r = math.isqrt(d)
-        x1, x2 = sorted({(-b - r) // (2 * a), (-b + r) // (2 * a)})
+        x1, x2 = sorted(((-b - r) // (2 * a), (-b + r) // (2 * a)))
         steps = (f"D=b^2-4*a*c=({b})^2-4*({a})*({c})={d};sqrt(D)={r};"
                  f"x=(-({b})-{r})/(2*({a})),(-({b})+{r})/(2*({a}));answer:")
         answer = f"x={x1}" if x1 == x2 else f"x={x1},{x2}"

@@ -1,0 +1,116 @@
+"""How far a model generalises: the task's metric as a function of input length in segments."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch
+
+from ..recurrent import RecurrentMemoryTransformer
+from ..tasks.base import Task, predictions_from_logits
+
+TaskFactory = Callable[[int], Task]  # segment count -> the task at that length
+
+
+@torch.no_grad()
+def evaluate(model: RecurrentMemoryTransformer, task: Task, num_examples: int, batch_size: int = 32,
+             split: str = "validation") -> dict[str, float]:
+    """The task's own metric (and the mean loss) over its first `num_examples` examples of `split`."""
+    was_training = model.training
+    model.eval()
+    device = model.initial_memory.device
+    predictions: list[Any] = []
+    examples: list[dict] = []
+    loss_sum, loss_weight = 0.0, 0
+    for start in range(0, num_examples, batch_size):
+        batch_examples = [task.example(i, split) for i in range(start, min(start + batch_size, num_examples))]
+        batch = {k: v.to(device) for k, v in task.collate(batch_examples).items()}
+        out = model(**batch)
+        if task.kind == "classification":
+            predictions += out.logits.argmax(-1).tolist()
+        else:
+            predictions += predictions_from_logits(out.logits, batch["labels"])
+        loss_sum += float(out.loss) * len(batch_examples)
+        loss_weight += len(batch_examples)
+        examples += batch_examples
+    model.train(was_training)
+    metrics = dict(task.score(predictions, examples))
+    metrics["loss"] = loss_sum / max(loss_weight, 1)
+    return metrics
+
+
+def metric_by_length(models: Mapping[str, RecurrentMemoryTransformer], make_task: TaskFactory,
+                     segment_counts: Sequence[int], num_examples: int, batch_size: int = 32,
+                     metric: str = "accuracy", progress: bool = True) -> dict[str, list[float]]:
+    """`metric` of every model at every segment count, on the same examples."""
+    from tqdm.auto import tqdm
+
+    results: dict[str, list[float]] = {name: [] for name in models}
+    jobs = tqdm(segment_counts, desc="evaluating lengths", disable=not progress)
+    for n in jobs:
+        task = make_task(n)
+        for name, model in models.items():
+            results[name].append(evaluate(model, task, num_examples, batch_size)[metric])
+    return results
+
+
+def format_table(segment_counts: Sequence[int], results: Mapping[str, Sequence[float]], segment_size: int,
+                 trained: Sequence[int] = (), metric: str = "accuracy") -> str:
+    """A plain-text table: one row per length, one column per model."""
+    names = list(results)
+    header = f"{'segments':>8} {'tokens':>8}  " + "  ".join(f"{n:>12}" for n in names)
+    lines = [f"{metric} by input length", header, "-" * len(header)]
+    for i, n in enumerate(segment_counts):
+        mark = "*" if n in trained else " "
+        cells = "  ".join(f"{results[name][i]:>12.3f}" for name in names)
+        lines.append(f"{n:>7}{mark} {n * segment_size:>8}  {cells}")
+    if trained:
+        lines.append("* trained on this length")
+    return "\n".join(lines)
+
+
+def plot_by_length(path: str | Path, segment_counts: Sequence[int], results: Mapping[str, Sequence[float]],
+                   segment_size: int, trained: Sequence[int] = (), metric: str = "accuracy",
+                   chance: Optional[float] = None, title: str = "") -> None:
+    """The papers' generalisation figure: metric against input length (log scale), trained lengths shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    tokens = [n * segment_size for n in segment_counts]
+    for name, values in results.items():
+        ax.plot(tokens, values, marker="o", label=name)
+    if trained:
+        ax.axvspan(min(trained) * segment_size * 0.9, max(trained) * segment_size * 1.1, color="grey", alpha=0.15,
+                   label="trained lengths")
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle=":", label="chance")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(f"input length, tokens ({segment_size} per segment)")
+    ax.set_ylabel(metric)
+    if metric == "accuracy":
+        ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
+    def clean(value: Any) -> Any:  # JSON has no NaN: write null
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        return value
+
+    Path(path).write_text(json.dumps(clean(dict(data)), indent=2) + "\n")

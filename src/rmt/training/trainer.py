@@ -1,0 +1,233 @@
+"""Train an RMT through a curriculum, on accelerate (multi-process, mixed precision and gradient
+accumulation come from it; `accelerate launch --num_processes 2 --cpu -m rmt.cli train ...`).
+
+The loop is short on purpose. What makes it resumable exactly: batch ``t`` of a stage is a pure
+function of ``(seed, stage, t, process)`` (tasks generate example ``i`` from a seed), and a
+checkpoint holds the model, optimizer, schedule and RNG states (`Accelerator.save_state`) plus the
+stage's progress; `state.json` records the finished stages.
+
+Run directory::
+
+    out_dir/
+      train_config.json
+      state.json                   finished stages, their best metric and checkpoint
+      stage-1-1seg/checkpoint/     latest state of the running stage (for resume)
+      stage-1-1seg/best/           best model of the stage (RecurrentMemoryTransformer.save_pretrained)
+      logs/                        TensorBoard
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import transformers
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from ..backbones import build_backbone, load_backbone
+from ..config import RMTConfig
+from ..evaluation.by_length import evaluate
+from ..recurrent import RecurrentMemoryTransformer
+from ..tasks import get_task
+from ..tasks.base import Task
+from .config import TrainConfig
+from .curriculum import Stage
+
+STATE_NAME = "state.json"
+PROGRESS_NAME = "progress.json"
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised by `train(..., stop_after_steps=n)`: a stand-in for a run killed midway (tests, time limits)."""
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    stages: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def best_dir(self) -> Path:
+        """The best checkpoint of the last stage: the trained model."""
+        return Path(self.stages[-1]["best_dir"])
+
+    def load_model(self) -> RecurrentMemoryTransformer:
+        return RecurrentMemoryTransformer.from_pretrained(self.best_dir)
+
+
+class TaskFactory:
+    """The configured task at any segment count (cached; background text shared)."""
+
+    def __init__(self, config: TrainConfig, tokenizer: Any = None):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.segment_size = int(config.rmt.get("segment_size", RMTConfig.segment_size))
+        self._cache: dict[int, Task] = {}
+
+    def __call__(self, num_segments: int) -> Task:
+        if num_segments not in self._cache:
+            kwargs = dict(self.config.task_args)
+            if self.tokenizer is not None:
+                kwargs["tokenizer"] = self.tokenizer
+            if self._cache:  # reuse the loaded background text
+                background = getattr(next(iter(self._cache.values())), "background", None)
+                if background is not None:
+                    kwargs["background"] = background
+            self._cache[num_segments] = get_task(self.config.task, seed=self.config.seed, num_segments=num_segments,
+                                                 segment_size=self.segment_size, **kwargs)
+        return self._cache[num_segments]
+
+
+def build_model(config: TrainConfig) -> tuple[RecurrentMemoryTransformer, TaskFactory]:
+    """The wrapped backbone and the task factory, both from the config."""
+    rmt_config = RMTConfig(**config.rmt)
+    if isinstance(config.backbone, str):
+        probe = get_task(config.task, num_segments=1, segment_size=rmt_config.segment_size, **config.task_args)
+        backbone, tokenizer = load_backbone(config.backbone, task=probe.kind, num_labels=probe.num_labels)
+        tasks = TaskFactory(config, tokenizer)
+    else:
+        tasks = TaskFactory(config)
+        task = tasks(1)
+        tok = task.tokenizer
+        is_causal = task.kind == "causal-lm"
+        special = {"pad_token_id": tok.pad_token_id}
+        if is_causal:
+            special.update(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+        else:
+            rmt_config.cls_token_id, rmt_config.sep_token_id = tok.cls_token_id, tok.sep_token_id
+        memory_positions = 2 * rmt_config.num_mem_tokens if is_causal else rmt_config.num_mem_tokens + 2
+        backbone = build_backbone(config.backbone, task.kind, vocab_size=len(tok), num_labels=task.num_labels,
+                                  max_positions=rmt_config.segment_size + memory_positions, special_ids=special)
+    return RecurrentMemoryTransformer(backbone, rmt_config), tasks
+
+
+def train(config: TrainConfig, *, resume: bool = True, progress: bool = True,
+          stop_after_steps: Optional[int] = None) -> TrainResult:
+    """Run the curriculum; with `resume`, continue an interrupted run in `config.out_dir` exactly."""
+    out = Path(config.out_dir)
+    transformers.utils.logging.disable_progress_bar()  # one bar per stage is enough
+    # several processes without CUDA (torchrun on CPUs): accelerate must be told to use gloo on the CPU
+    cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with="tensorboard",
+                              project_dir=str(out / "logs"), cpu=cpu_processes)
+    state_file, config_file = out / STATE_NAME, out / "train_config.json"
+    state: dict[str, Any] = {"stages": []}
+    if config_file.is_file():
+        if not resume:
+            raise ValueError(f"{out} already holds a run; resume it, or choose another out_dir")
+        if json.loads(config_file.read_text()) != config.to_dict():
+            raise ValueError(f"{out} holds a run with a different config; resume it with the same config or use another out_dir")
+        if state_file.is_file():
+            state = json.loads(state_file.read_text())
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(out / "train_config.json")
+    accelerator.init_trackers("rmt", config={k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))})
+
+    set_seed(config.seed)
+    model, tasks = build_model(config)
+    budget = [stop_after_steps]  # optimizer steps left before a simulated interruption
+    for index, stage in enumerate(config.stages()):
+        if index < len(state["stages"]):
+            continue  # finished before the interruption
+        if state["stages"]:
+            model = RecurrentMemoryTransformer.from_pretrained(state["stages"][-1]["best_dir"])
+        offset = sum(done["steps"] for done in state["stages"])
+        summary = _train_stage(accelerator, config, model, tasks, index, stage, out, progress, budget, offset)
+        state["stages"].append(summary)
+        if accelerator.is_main_process:
+            state_file.write_text(json.dumps(state, indent=2) + "\n")
+            shutil.rmtree(Path(summary["best_dir"]).parent / "checkpoint", ignore_errors=True)
+        accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(out, state["stages"])
+
+
+def _train_stage(accelerator: Accelerator, config: TrainConfig, model: RecurrentMemoryTransformer,
+                 tasks: TaskFactory, index: int, stage: Stage, out: Path, progress: bool, budget: list,
+                 offset: int) -> dict[str, Any]:
+    """Train one stage from `model`; `offset` (steps of earlier stages) places it on the log's step axis."""
+    stage_dir = out / f"stage-{index + 1}-{stage.segments}seg"
+    checkpoint_dir, best_dir = stage_dir / "checkpoint", stage_dir / "best"
+    accelerator.free_memory()  # forget the previous stage's objects: a checkpoint holds this stage's only
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * stage.max_steps), stage.max_steps)
+    # the schedule is not prepared: accelerate would step it once per process, since it expects
+    # each process to see 1/N of an epoch; here every process takes a share of every batch
+    model, optimizer = accelerator.prepare(model, optimizer)
+    info: dict[str, Any] = {"step": 0, "best": None, "best_step": None, "stopped_early": False}
+    if (checkpoint_dir / PROGRESS_NAME).is_file():
+        accelerator.load_state(str(checkpoint_dir))
+        info = json.loads((checkpoint_dir / PROGRESS_NAME).read_text())
+        for _ in range(info["step"]):  # the linear schedule is a function of the step alone
+            scheduler.step()
+    better: Callable[[float, Optional[float]], bool] = lambda new, old: old is None or (
+        new > old if config.greater_is_better else new < old)
+    eval_task = tasks(stage.segments)
+    bar = tqdm(total=stage.max_steps, initial=info["step"], desc=f"stage {index + 1}: {stage.segments} segment(s)",
+               disable=not (progress and accelerator.is_local_main_process))
+    model.train()
+    while info["step"] < stage.max_steps and not info["stopped_early"]:
+        step = info["step"]
+        segments = stage.segments_at(step, config.seed)
+        task = tasks(segments)
+        accum = config.gradient_accumulation_steps
+        loss_value = 0.0
+        for micro in range(accum):
+            batch = _batch(task, config, accelerator, step * accum + micro)
+            sync = accelerator.no_sync(model) if micro < accum - 1 else nullcontext()
+            with sync:
+                loss = model(**batch).loss / accum
+                accelerator.backward(loss)
+            loss_value += float(loss.detach())
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        info["step"] = step = step + 1
+        bar.update(1)
+        accelerator.log({"train/loss": loss_value, "train/lr": scheduler.get_last_lr()[0], "train/segments": segments,
+                         "train/grad_norm": float(grad_norm), "train/stage": index + 1}, step=offset + step)
+        if step % config.eval_every == 0 or step == stage.max_steps:
+            metrics = evaluate(accelerator.unwrap_model(model), eval_task, config.eval_examples, config.eval_batch_size)
+            accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=offset + step)
+            value = metrics[config.metric]
+            bar.set_postfix({config.metric: f"{value:.3f}", "loss": f"{loss_value:.3f}"})
+            if better(value, info["best"]):
+                info["best"], info["best_step"] = value, step
+                if accelerator.is_main_process:
+                    accelerator.unwrap_model(model).save_pretrained(best_dir)
+            if stage.threshold is not None and (value >= stage.threshold if config.greater_is_better else value <= stage.threshold):
+                info["stopped_early"] = True
+        if step % config.save_every == 0 or step == stage.max_steps or info["stopped_early"]:
+            accelerator.save_state(str(checkpoint_dir))
+            if accelerator.is_main_process:
+                (checkpoint_dir / PROGRESS_NAME).write_text(json.dumps(info) + "\n")
+            accelerator.wait_for_everyone()
+        if budget[0] is not None:
+            budget[0] -= 1
+            if budget[0] <= 0:
+                raise TrainingInterrupted(f"stopped after the requested number of steps (stage {index + 1}, step {step})")
+    bar.close()
+    return {"stage": index + 1, "segments": stage.segments, "steps": info["step"], "best_metric": info["best"],
+            "best_step": info["best_step"], "stopped_early": info["stopped_early"], "best_dir": str(best_dir)}
+
+
+def _batch(task: Task, config: TrainConfig, accelerator: Accelerator, micro_step: int) -> dict[str, torch.Tensor]:
+    """Micro-batch `micro_step` of this process: examples are indexed, so data order survives a resume."""
+    size = config.batch_size
+    first = (micro_step * accelerator.num_processes + accelerator.process_index) * size
+    batch = task.collate([task.example(i, "train") for i in range(first, first + size)])
+    return {k: v.to(accelerator.device) for k, v in batch.items()}
+
+

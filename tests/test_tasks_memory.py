@@ -1,0 +1,72 @@
+"""memorize, detect-and-memorize, reasoning (AAAI 2024)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+
+from rmt.tasks import Tracker, get_task, parse_babi
+
+NAMES = ["memorize", "detect-and-memorize", "reasoning"]
+
+
+def _facts(text):
+    """The bAbI sentences hidden in a decoded context."""
+    import re
+
+    pattern = r"(?:[A-Z][a-z]+ (?:moved|went back|went|journeyed|travelled) to the \w+\.|The \w+ is (?:north|south|east|west) of the \w+\.)"
+    return re.findall(pattern, text)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("kind", ["classification", "causal-lm"])
+def test_exact_length_determinism_and_answer(name, kind):
+    task = get_task(name, seed=0, length=700, kind=kind)
+    assert task.num_labels == 6 and task.label_names == sorted(task.label_names)
+    for i in range(20):
+        ex = task.example(i)
+        assert len(ex["input_ids"]) == 700
+        text = task.decode(ex["input_ids"])
+        question = text[text.rindex(" W") + 1 :] if kind == "classification" else None
+        if kind == "causal-lm":
+            target = task.decode(task.target_ids(ex))
+            assert target == " " + ex["answer"] and text.endswith("?" + target)
+            answer, question = ex["answer"], text[: -len(target)][text[: -len(target)].rindex(" W") + 1 :]
+        else:
+            answer = task.label_names[ex["label"]]
+        facts = _facts(text)
+        assert len(facts) == (2 if name == "reasoning" else 1)
+        if name == "memorize":
+            assert text.startswith(" " + facts[0])
+        story = "".join(f"{k} {f}\n" for k, f in enumerate(facts, 1))
+        assert Tracker(parse_babi(story)[0].lines).answer(question)[0] == answer
+    assert task.example(3) == get_task(name, seed=0, length=700, kind=kind).example(3)
+    assert task.example(3) != get_task(name, seed=1, length=700, kind=kind).example(3)
+
+
+def test_fact_positions_vary_for_detect():
+    task = get_task("detect-and-memorize", length=2000)
+    starts = {task.decode(task.example(i)["input_ids"]).find(_facts(task.decode(task.example(i)["input_ids"]))[0])
+              for i in range(10)}
+    assert len(starts) > 5
+
+
+def test_length_from_segments_and_errors():
+    task = get_task("memorize", num_segments=4, segment_size=128)
+    assert len(task.example(0)["input_ids"]) == 512
+    batch = task.collate([task.example(i) for i in range(3)])
+    assert batch["input_ids"].shape == (3, 512) and batch["labels"].shape == (3,)
+    assert task.score([task.example(i)["label"] for i in range(3)], [task.example(i) for i in range(3)]) == {"accuracy": 1.0}
+    with pytest.raises(ValueError, match="too short"):
+        get_task("reasoning", length=20).example(0)
+    with pytest.raises(ValueError, match="together"):
+        get_task("memorize", num_segments=4)
+    with pytest.raises(ValueError, match="kind"):
+        get_task("memorize", kind="regression")
+
+
+def test_local_background_text(tmp_path):
+    (tmp_path / "noise.txt").write_text("Zebras graze quietly. " * 200)
+    task = get_task("memorize", length=300, background=str(tmp_path / "noise.txt"))
+    assert "Zebras graze quietly." in task.decode(task.example(0)["input_ids"])

@@ -1,0 +1,145 @@
+"""Training: curriculum, exact resume, two processes, the CLI."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rmt.training import Stage, TrainConfig, TrainingInterrupted, parse_curriculum, train
+
+TINY = dict(
+    task="detect-and-memorize",
+    task_args={"kind": "classification"},
+    backbone={"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "intermediate_size": 37, "hidden_dropout_prob": 0.1},
+    rmt={"num_mem_tokens": 2, "segment_size": 64},
+    curriculum=[1, 2],
+    steps_per_stage=4,
+    mix_shorter=True,
+    batch_size=4,
+    gradient_accumulation_steps=2,
+    eval_every=4,
+    eval_examples=4,
+    save_every=2,
+)
+
+
+def tiny_config(out: Path, **changes) -> TrainConfig:
+    return TrainConfig.from_dict({**TINY, "out_dir": str(out), **changes})
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    stage = sorted(run.glob("stage-*"))[-1] / "best"
+    return {**load_file(stage / "backbone" / "model.safetensors"), **load_file(stage / "memory.safetensors")}
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=atol, rtol=0, msg=lambda m: f"{name}: {m}")
+
+
+def test_curriculum_stages_and_mixing():
+    stages = parse_curriculum([1, {"segments": 2, "max_steps": 7, "threshold": 0.9}, 4], default_steps=3, mix_shorter=True)
+    assert [(s.segments, s.max_steps) for s in stages] == [(1, 3), (2, 7), (4, 3)]
+    assert stages[1].threshold == 0.9
+    drawn = [stages[2].segments_at(step, seed=0) for step in range(200)]
+    assert set(drawn) == {1, 2, 3, 4}  # shorter lengths are mixed in
+    assert drawn == [stages[2].segments_at(step, seed=0) for step in range(200)]  # the same after a resume
+    assert {Stage(3, 5).segments_at(step, 0) for step in range(50)} == {3}
+    with pytest.raises(ValueError, match="must not decrease"):
+        parse_curriculum([2, 1])
+    with pytest.raises(ValueError, match="empty"):
+        parse_curriculum([])
+
+
+def test_stages_run_in_order_and_start_from_the_previous_best(tmp_path):
+    result = train(tiny_config(tmp_path / "run"), progress=False)
+    assert [s["segments"] for s in result.stages] == [1, 2]
+    assert all(Path(s["best_dir"], "rmt_config.json").is_file() for s in result.stages)
+    assert not list((tmp_path / "run").rglob("checkpoint"))  # finished stages drop their resume state
+    assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents*"))  # TensorBoard
+
+
+def test_threshold_ends_a_stage_early(tmp_path):
+    config = tiny_config(tmp_path / "run", curriculum=[{"segments": 1, "threshold": 0.0}], eval_every=1)
+    result = train(config, progress=False)
+    assert result.stages[0]["stopped_early"] and result.stages[0]["steps"] == 1
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path):
+    whole = train(tiny_config(tmp_path / "whole"), progress=False)
+    # killed in the second stage, one step after its last checkpoint: that step is redone
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_config(tmp_path / "cut"), progress=False, stop_after_steps=7)
+    assert (tmp_path / "cut" / "stage-2-2seg" / "checkpoint").is_dir()
+    resumed = train(tiny_config(tmp_path / "cut"), progress=False)
+    assert [s["best_metric"] for s in resumed.stages] == [s["best_metric"] for s in whole.stages]
+    assert_same_weights(weights(tmp_path / "whole"), weights(tmp_path / "cut"))
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_config(tmp_path / "run"), progress=False, stop_after_steps=1)
+    with pytest.raises(ValueError, match="different config"):
+        train(tiny_config(tmp_path / "run", learning_rate=0.5), progress=False)
+
+
+def test_bad_configs_say_what_is_wrong(tmp_path):
+    with pytest.raises(ValueError, match="unknown config keys"):
+        TrainConfig.from_dict({"lerning_rate": 1})
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("curriculum: [4, 2]\n")
+    with pytest.raises(ValueError, match="must not decrease"):
+        TrainConfig.load(bad)
+    with pytest.raises(FileNotFoundError):
+        TrainConfig.load(tmp_path / "missing.yaml")
+
+
+def test_overrides_reach_nested_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(TINY))
+    config = TrainConfig.load(path, ("rmt.num_mem_tokens=5", "learning_rate=3e-4", "curriculum=[1,2,3]"))
+    assert config.rmt == {"num_mem_tokens": 5, "segment_size": 64}
+    assert config.learning_rate == 3e-4 and config.curriculum == [1, 2, 3]
+
+
+def _run_cli(args, cwd, env_extra=None, timeout=600):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path):
+    result = _run_cli([sys.executable, "-m", "rmt.cli", "train", str(tmp_path / "nope.yaml")], tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"rmt train: error: config file {tmp_path / 'nope.yaml'} not found"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_train_like_one_with_the_whole_batch(tmp_path):
+    """torchrun with 2 CPU processes (gloo): each takes half of every batch, gradients are averaged,
+    so the weights equal a one-process run with the whole batch."""
+    config = {**TINY, "curriculum": [1], "mix_shorter": False, "gradient_accumulation_steps": 1,
+              "backbone": {**TINY["backbone"], "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}}  # no random masks
+    (tmp_path / "two.yaml").write_text(json.dumps({**config, "batch_size": 2, "out_dir": str(tmp_path / "two")}))
+    (tmp_path / "one.yaml").write_text(json.dumps({**config, "batch_size": 4, "out_dir": str(tmp_path / "one")}))
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+              "-m", "rmt.cli", "train", str(tmp_path / "two.yaml")]
+    two = _run_cli(launch, tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = _run_cli([sys.executable, "-m", "rmt.cli", "train", str(tmp_path / "one.yaml")], tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert_same_weights(weights(tmp_path / "two"), weights(tmp_path / "one"), atol=1e-5)
