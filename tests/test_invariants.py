@@ -152,7 +152,7 @@ def test_ragged_batch_equals_each_sample_alone(kind, side):
             total += float(alone.loss.detach()) * (n - 1)
             count += n - 1
     if kind != "bert":  # the batch loss weights every real token equally
-        assert abs(float(out.loss) - total / count) < 1e-5
+        assert abs(float(out.loss.detach()) - total / count) < 1e-5
 
 
 def test_padding_never_changes_memory(kind):
@@ -347,3 +347,22 @@ def test_gradient_checkpointing_gives_the_same_gradients(kind):
         model(ids, labels=labels_for(kind, ids)).loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+def test_gradient_checkpointing_keeps_less_for_the_backward_pass(kind):
+    """The option must not silently do nothing: count what autograd saves during the forward."""
+    saved = {}
+    for flag in (False, True):
+        model = wrap(kind, gradient_checkpointing=flag)
+        ids = random_ids(2, 40)
+        total = [0]
+
+        def pack(t):
+            total[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = model(ids, labels=labels_for(kind, ids)).loss
+        saved[flag] = total[0]
+        loss.backward()
+    assert saved[True] < saved[False] / 3, saved
