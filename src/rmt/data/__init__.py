@@ -3,6 +3,7 @@
 from .collate import collate_causal_lm, collate_classification
 from .corpus import BackgroundText, background_text, bundled_files, read_text_file, rechunk
 from .tokenizer import ByteTokenizer, pad_id, sep_id
+from .word_tokenizer import load_tokenizer, word_tokenizer
 
 __all__ = [
     "BackgroundText",
@@ -11,8 +12,10 @@ __all__ = [
     "bundled_files",
     "collate_causal_lm",
     "collate_classification",
+    "load_tokenizer",
     "pad_id",
     "read_text_file",
     "rechunk",
     "sep_id",
+    "word_tokenizer",
 ]

@@ -17,6 +17,9 @@ from .curriculum import Stage, parse_curriculum
 class TrainConfig:
     """Everything a run needs. Field names are the keys of the config file.
 
+    Tokenizer: ``None``/``"byte"``, ``"word"``/``"word:N"`` or a transformers name (see
+    `rmt.data.load_tokenizer`); a pretrained backbone brings its own.
+
     Backbone: a dict ``{"model_type": "bert", "hidden_size": 128, ...}`` builds a model from random
     initialisation with those config fields; a string is a hub name, a local folder, or a packaged
     model's short name (see `rmt.backbones`).
@@ -24,6 +27,7 @@ class TrainConfig:
 
     task: str = "detect-and-memorize"
     task_args: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Optional[str] = None
     backbone: Union[str, dict[str, Any]] = field(default_factory=lambda: {"model_type": "bert"})
     rmt: dict[str, Any] = field(default_factory=lambda: {"num_mem_tokens": 10, "segment_size": 128})
     curriculum: list[Any] = field(default_factory=lambda: [1, 2, 4])

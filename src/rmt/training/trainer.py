@@ -36,6 +36,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from ..backbones import build_backbone, load_backbone
 from ..config import RMTConfig
+from ..data import load_tokenizer
 from ..evaluation.by_length import evaluate
 from ..recurrent import RecurrentMemoryTransformer
 from ..tasks import get_task
@@ -96,7 +97,7 @@ def build_model(config: TrainConfig) -> tuple[RecurrentMemoryTransformer, TaskFa
         backbone, tokenizer = load_backbone(config.backbone, task=probe.kind, num_labels=probe.num_labels)
         tasks = TaskFactory(config, tokenizer)
     else:
-        tasks = TaskFactory(config)
+        tasks = TaskFactory(config, load_tokenizer(config.tokenizer))
         task = tasks(1)
         tok = task.tokenizer
         is_causal = task.kind == "causal-lm"

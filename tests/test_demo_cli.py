@@ -1,0 +1,55 @@
+"""`rmt demo` end to end at a tiny size, the word tokenizer, and `rmt eval` on its runs."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rmt.cli import main
+from rmt.data import load_tokenizer, word_tokenizer
+
+TINY = ["--set", "steps_per_stage=2", "--set", "eval_every=2", "--set", "eval_examples=4", "--set", "batch_size=4",
+        "--set", "backbone.hidden_size=32", "--set", "backbone.intermediate_size=37",
+        "--segments", "1,2,3", "--examples", "6"]
+
+
+def test_word_tokenizer_is_deterministic_and_knows_the_task_words():
+    a, b = word_tokenizer(500), word_tokenizer.__wrapped__(500)  # the cached one and a fresh build
+    assert a.get_vocab() == b.get_vocab()
+    ids = a.encode("Sandra journeyed to the hallway. Where is Sandra?", add_special_tokens=False)
+    assert a.unk_token_id not in ids and len(ids) == 10  # 8 words, "." and "?"
+    assert (a.cls_token_id, a.sep_token_id, a.pad_token_id) == (2, 3, 0)
+
+
+def test_load_tokenizer_specs():
+    assert load_tokenizer(None).vocab_size == load_tokenizer("byte").vocab_size == 262
+    assert len(load_tokenizer("word:300")) == 300
+    with pytest.raises(ValueError, match="must be a number"):
+        load_tokenizer("word:many")
+    with pytest.raises(ValueError, match="cannot load tokenizer"):
+        load_tokenizer("/no/such/tokenizer")
+
+
+def test_demo_writes_results_table_and_plot(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path)] + TINY) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["eval_segments"] == [1, 2, 3]
+    assert results["train_segments"] == [1, 2, 3, 4]  # curriculum [1, 2, 4] with shorter lengths mixed in
+    for key in ("rmt_accuracy", "baseline_accuracy"):
+        assert len(results[key]) == 3 and all(0 <= v <= 1 for v in results[key])
+    assert results["seconds"] > 0
+    assert (tmp_path / "generalization.png").stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert "accuracy by input length" in printed and "baseline" in printed
+    # the runs can be evaluated again with `rmt eval`
+    assert main(["eval", str(tmp_path / "rmt"), "--baseline", f"no_memory={tmp_path / 'baseline'}",
+                 "--segments", "1,2", "--examples", "4", "--out", str(tmp_path / "eval")]) == 0
+    again = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert set(again) >= {"rmt_accuracy", "no_memory_accuracy", "eval_segments"}
+
+
+def test_cli_bad_paths_are_one_line_errors(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "rmt.cli", "eval", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "train_config.json not found" in result.stderr
