@@ -92,7 +92,7 @@ def test_resume_refuses_a_different_config(tmp_path):
 
 
 def test_bad_configs_say_what_is_wrong(tmp_path):
-    with pytest.raises(ValueError, match="unknown config keys"):
+    with pytest.raises(ValueError, match="unknown TrainConfig keys"):
         TrainConfig.from_dict({"lerning_rate": 1})
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(batch_size=0)

@@ -18,8 +18,23 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise ValueError(f"RMTConfig.{name} must be >= {minimum}, got {value}")
 
 
+class DictConfig:
+    """Dataclass configs that round-trip through plain dicts (JSON, YAML) and reject unknown keys."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys {unknown}; known keys: {', '.join(sorted(known))}")
+        return cls(**data)
+
+
 @dataclass
-class RMTConfig:
+class RMTConfig(DictConfig):
     """How memory is added to a backbone.
 
     Args:
@@ -58,17 +73,6 @@ class RMTConfig:
                 _check_int(name, getattr(self, name), 0)
         if not isinstance(self.gradient_checkpointing, bool):
             raise TypeError("RMTConfig.gradient_checkpointing must be a bool")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RMTConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown RMTConfig fields {unknown}; known fields are {sorted(known)}")
-        return cls(**data)
 
     def to_json_file(self, path: str | Path, **extra: Any) -> None:
         Path(path).write_text(json.dumps({**self.to_dict(), **extra}, indent=2) + "\n")

@@ -17,28 +17,28 @@ TaskFactory = Callable[[int], Task]  # segment count -> the task at that length
 
 @torch.no_grad()
 def evaluate(model: RecurrentMemoryTransformer, task: Task, num_examples: int, batch_size: int = 32,
-             split: str = "validation") -> dict[str, float]:
-    """The task's own metric (and the mean loss) over its first `num_examples` examples of `split`."""
+             split: str = "validation", examples: Optional[Sequence[dict]] = None) -> dict[str, float]:
+    """The task's own metric (and the mean loss) over its first `num_examples` examples of `split`
+    (or over `examples`, when several models are scored on the same ones)."""
+    if examples is None:
+        examples = [task.example(i, split) for i in range(num_examples)]
     was_training = model.training
     model.eval()
     device = model.initial_memory.device
     predictions: list[Any] = []
-    examples: list[dict] = []
-    loss_sum, loss_weight = 0.0, 0
-    for start in range(0, num_examples, batch_size):
-        batch_examples = [task.example(i, split) for i in range(start, min(start + batch_size, num_examples))]
-        batch = {k: v.to(device) for k, v in task.collate(batch_examples).items()}
+    loss_sum = 0.0
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in task.collate(chunk).items()}
         out = model(**batch)
         if task.kind == "classification":
             predictions += out.logits.argmax(-1).tolist()
         else:
             predictions += predictions_from_logits(out.logits, batch["labels"])
-        loss_sum += float(out.loss) * len(batch_examples)
-        loss_weight += len(batch_examples)
-        examples += batch_examples
+        loss_sum += float(out.loss) * len(chunk)
     model.train(was_training)
     metrics = dict(task.score(predictions, examples))
-    metrics["loss"] = loss_sum / max(loss_weight, 1)
+    metrics["loss"] = loss_sum / max(len(examples), 1)
     return metrics
 
 
@@ -52,8 +52,9 @@ def metric_by_length(models: Mapping[str, RecurrentMemoryTransformer], make_task
     jobs = tqdm(segment_counts, desc="evaluating lengths", disable=not progress)
     for n in jobs:
         task = make_task(n)
+        examples = [task.example(i, "validation") for i in range(num_examples)]  # the same for every model
         for name, model in models.items():
-            results[name].append(evaluate(model, task, num_examples, batch_size)[metric])
+            results[name].append(evaluate(model, task, num_examples, batch_size, examples=examples)[metric])
     return results
 
 

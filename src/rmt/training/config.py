@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,11 +9,12 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from ..config import DictConfig
 from .curriculum import Stage, parse_curriculum
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(DictConfig):
     """Everything a run needs. Field names are the keys of the config file.
 
     Tokenizer: ``None``/``"byte"``, ``"word"``/``"word:N"`` or a transformers name (see
@@ -73,17 +73,6 @@ class TrainConfig:
 
     def stages(self) -> list[Stage]:
         return parse_curriculum(self.curriculum, self.steps_per_stage, self.threshold, self.mix_shorter)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown}; known keys: {', '.join(sorted(known))}")
-        return cls(**data)
 
     @classmethod
     def load(cls, path: Union[str, Path], overrides: tuple[str, ...] = ()) -> "TrainConfig":

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,7 +92,7 @@ class TaskFactory:
 
 def build_model(config: TrainConfig) -> tuple[RecurrentMemoryTransformer, TaskFactory]:
     """The wrapped backbone and the task factory, both from the config."""
-    rmt_config = RMTConfig(**config.rmt)
+    rmt_config = RMTConfig.from_dict(config.rmt)
     if isinstance(config.backbone, str):
         probe = get_task(config.task, num_segments=1, segment_size=rmt_config.segment_size, **config.task_args)
         backbone, tokenizer = load_backbone(config.backbone, task=probe.kind, num_labels=probe.num_labels)
@@ -170,8 +171,10 @@ def _train_stage(accelerator: Accelerator, config: TrainConfig, model: Recurrent
     if (checkpoint_dir / PROGRESS_NAME).is_file():
         accelerator.load_state(str(checkpoint_dir))
         info = json.loads((checkpoint_dir / PROGRESS_NAME).read_text())
-        for _ in range(info["step"]):  # the linear schedule is a function of the step alone
-            scheduler.step()
+        with warnings.catch_warnings():  # the optimizer has stepped, in the run being resumed
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(info["step"]):  # the linear schedule is a function of the step alone
+                scheduler.step()
     better: Callable[[float, Optional[float]], bool] = lambda new, old: old is None or (
         new > old if config.greater_is_better else new < old)
     eval_task = tasks(stage.segments)
