@@ -342,7 +342,9 @@ class RecurrentMemoryTransformer(nn.Module):
 
         k = self.rmt_config.bptt_depth
         N = plan.num_steps
-        gathered: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        # no padding: segments tile the input in order, so outputs are simply concatenated
+        uniform = bool((plan.lengths == T).all())
+        gathered: list = []  # per step: outputs (uniform) or (rows, positions, outputs) to scatter
         seg_losses: list[torch.Tensor] = []
         loss_sum = input_ids.new_zeros((), dtype=torch.float32)
         loss_count = 0
@@ -363,8 +365,11 @@ class RecurrentMemoryTransformer(nn.Module):
                     seg_losses.append(head_loss.detach().float())
                 continue
             valid = step.valid
-            positions = plan.positions[rows].gather(1, step.index)  # (b, w) in the caller's tensor
-            gathered.append((rows.view(-1, 1).expand_as(positions)[valid], positions[valid], outputs[valid]))
+            if uniform:
+                gathered.append(outputs)
+            else:
+                positions = plan.positions[rows].gather(1, step.index)  # (b, w) in the caller's tensor
+                gathered.append((rows.view(-1, 1).expand_as(positions)[valid], positions[valid], outputs[valid]))
             if targets is not None:
                 tgt = targets[rows].gather(1, step.index).masked_fill(~valid, -100)  # (b, w)
                 total = F.cross_entropy(outputs.flatten(0, 1).float(), tgt.flatten(), ignore_index=-100, reduction="sum")
@@ -376,8 +381,11 @@ class RecurrentMemoryTransformer(nn.Module):
         if self.head == "sequence":
             return RMTOutput(loss=seq_loss, logits=seq_logits, memory=memory,
                              segment_losses=torch.stack(seg_losses) if seg_losses else None)
-        b_idx, t_idx, values = (torch.cat(parts) for parts in zip(*gathered))
-        full = values.new_zeros(B, T, values.shape[-1]).index_put((b_idx, t_idx), values)
+        if uniform:
+            full = torch.cat(gathered, dim=1)  # (B, T, ·)
+        else:
+            b_idx, t_idx, values = (torch.cat(parts) for parts in zip(*gathered))
+            full = values.new_zeros(B, T, values.shape[-1]).index_put((b_idx, t_idx), values)
         loss = None
         if targets is not None:
             loss = loss_sum / loss_count if loss_count else loss_sum * float("nan")
