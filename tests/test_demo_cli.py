@@ -9,7 +9,7 @@ import pytest
 from rmt.cli import main
 from rmt.data import load_tokenizer, word_tokenizer
 
-TINY = ["--set", "steps_per_stage=2", "--set", "eval_every=2", "--set", "eval_examples=4", "--set", "batch_size=4",
+TINY = ["--set", "curriculum=[{segments: 1, max_steps: 2}, {segments: 2, max_steps: 2}, 4]", "--set", "steps_per_stage=2", "--set", "eval_every=2", "--set", "eval_examples=4", "--set", "batch_size=4",
         "--set", "backbone.hidden_size=32", "--set", "backbone.intermediate_size=37",
         "--segments", "1,2,3", "--examples", "6"]
 
