@@ -27,6 +27,8 @@ test-all: setup
 	$(BIN)/pytest -q
 
 bench: setup
+	# the peer implementation, without letting it touch the pinned torch
+	$(BIN)/pip install -q --no-deps recurrent-memory-transformer-pytorch einops hyper-connections torch-einops-utils
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
