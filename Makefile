@@ -21,7 +21,7 @@ demo: setup
 	$(BIN)/rmt demo
 
 test: setup
-	$(BIN)/pytest -q -m "not slow and not pretrained"
+	$(BIN)/pytest -q -m "not pretrained"
 
 test-all: setup
 	$(BIN)/pytest -q
