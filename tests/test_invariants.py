@@ -366,3 +366,37 @@ def test_gradient_checkpointing_keeps_less_for_the_backward_pass(kind):
         saved[flag] = total[0]
         loss.backward()
     assert saved[True] < saved[False] / 3, saved
+
+
+def test_forward_without_logits_gives_the_same_loss_and_gradients(decoder_kind):
+    grads, losses = [], []
+    for keep in (True, False):
+        model = wrap(decoder_kind)
+        ids = random_ids(2, 27)
+        mask = torch.ones_like(ids)
+        mask[1, 20:] = 0
+        out = model(ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100), return_logits=keep)
+        assert (out.logits is None) != keep
+        out.loss.backward()
+        losses.append(out.loss.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(losses[0], losses[1])
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+def test_checkpointed_training_keeps_no_per_token_logits(decoder_kind):
+    """The token loss is computed inside each checkpointed segment: what a step keeps for the
+    backward pass is less than one copy of the logits, whatever the number of segments."""
+    model = wrap(decoder_kind, gradient_checkpointing=True)
+    ids = random_ids(2, 64)  # 8 segments
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(ids, labels=ids, return_logits=False)
+    out.loss.backward()
+    assert out.logits is None
+    assert total[0] < 2 * 64 * VOCAB * 4, total[0]  # (B, T, V) float32 logits would be 50,688 bytes

@@ -219,17 +219,22 @@ class RecurrentMemoryTransformer(nn.Module):
         return self.backbone.get_input_embeddings()(ids)
 
     def _segment(self, ids: torch.Tensor, lengths: torch.Tensor, memory: torch.Tensor,
-                 labels: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+                 labels: Optional[torch.Tensor] = None, targets: Optional[torch.Tensor] = None,
+                 keep_outputs: bool = True) -> tuple:
         """Run one segment. ids (b, w) right-padded, lengths (b,), memory (b, m, d).
 
-        Returns the new memory (b, m, d), the outputs ((b, w, ·) per token, or (b, C) for sequence
-        heads) and the backbone's loss (sequence heads given `labels`).
+        Returns the new memory (b, m, d); the outputs ((b, w, ·) per token, or (b, C) for sequence
+        heads; None unless `keep_outputs`); the backbone's loss (sequence heads given `labels`); and
+        the summed token cross-entropy against `targets` (b, w) (per-token heads, -100 = unscored).
+        The token loss is computed here, inside the checkpointed region, so that with
+        ``keep_outputs=False`` a segment's (b, w, V) logits are never kept for the backward pass.
         """
         if self.rmt_config.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(self._segment_impl, ids, lengths, memory, labels, use_reentrant=False)
-        return self._segment_impl(ids, lengths, memory, labels)
+            return checkpoint(self._segment_impl, ids, lengths, memory, labels, targets, keep_outputs,
+                              use_reentrant=False)
+        return self._segment_impl(ids, lengths, memory, labels, targets, keep_outputs)
 
-    def _segment_impl(self, ids, lengths, memory, labels):
+    def _segment_impl(self, ids, lengths, memory, labels, targets, keep_outputs):
         embeds = self._embed(ids)  # (b, w, d)
         specials = None if self.is_causal else self._embed(self.special_ids)  # (2, d): [CLS], [SEP]
         seg = self.layout.build(embeds, lengths, memory.to(embeds.dtype), specials)
@@ -249,7 +254,11 @@ class RecurrentMemoryTransformer(nn.Module):
             outputs = hidden[:, p : p + w]  # (b, w, d)
         else:
             outputs = out.logits[:, p : p + w]  # (b, w, V)
-        return new_memory, outputs, out.loss if labels is not None else None
+        token_loss = None
+        if targets is not None:
+            token_loss = F.cross_entropy(outputs.flatten(0, 1).float(), targets.flatten(), ignore_index=-100,
+                                         reduction="sum")
+        return new_memory, outputs if keep_outputs else None, out.loss if labels is not None else None, token_loss
 
     # ------------------------------------------------------------------ planning
 
@@ -322,6 +331,8 @@ class RecurrentMemoryTransformer(nn.Module):
         attention_mask: Optional[torch.Tensor] = None,
         labels: Optional[torch.Tensor] = None,
         memory: Optional[torch.Tensor] = None,
+        *,
+        return_logits: bool = True,
     ) -> RMTOutput:
         """Read `input_ids` (B, T) segment by segment.
 
@@ -333,6 +344,8 @@ class RecurrentMemoryTransformer(nn.Module):
                 boundaries too); sequence classification: (B,) class ids (or (B, C) for
                 multi-label/regression as the backbone's head expects).
             memory: (B, m, d) to continue a read (``out.memory`` of a previous call).
+            return_logits: False skips the (B, T, V) per-token outputs (``logits`` is None); with
+                ``gradient_checkpointing`` a training step then keeps no per-token logits at all.
         """
         self._check_ids(input_ids, attention_mask)
         B, T = input_ids.shape
@@ -354,7 +367,12 @@ class RecurrentMemoryTransformer(nn.Module):
             rows = step.rows
             ids = plan.ids[rows].gather(1, step.index).masked_fill(~step.valid, 0)  # (b, w)
             seq_labels = targets[rows] if (targets is not None and self.head == "sequence") else None
-            new_memory, outputs, head_loss = self._segment(ids, step.lengths, memory[rows], seq_labels)
+            tok_targets = None
+            if targets is not None and self.head != "sequence":
+                tok_targets = targets[rows].gather(1, step.index).masked_fill(~step.valid, -100)  # (b, w)
+            keep = return_logits or self.head == "sequence"
+            new_memory, outputs, head_loss, token_loss = self._segment(ids, step.lengths, memory[rows], seq_labels,
+                                                                       tok_targets, keep)
             if k is not None and j + 1 < N - k:
                 new_memory = new_memory.detach()  # truncated BPTT: this transition is not backpropagated
             memory = new_memory if rows.numel() == B else memory.index_copy(0, rows, new_memory)
@@ -364,24 +382,25 @@ class RecurrentMemoryTransformer(nn.Module):
                 if head_loss is not None:
                     seg_losses.append(head_loss.detach().float())
                 continue
-            valid = step.valid
-            if uniform:
-                gathered.append(outputs)
-            else:
-                positions = plan.positions[rows].gather(1, step.index)  # (b, w) in the caller's tensor
-                gathered.append((rows.view(-1, 1).expand_as(positions)[valid], positions[valid], outputs[valid]))
-            if targets is not None:
-                tgt = targets[rows].gather(1, step.index).masked_fill(~valid, -100)  # (b, w)
-                total = F.cross_entropy(outputs.flatten(0, 1).float(), tgt.flatten(), ignore_index=-100, reduction="sum")
-                count = int((tgt != -100).sum())
-                loss_sum = loss_sum + total
+            if return_logits:
+                if uniform:
+                    gathered.append(outputs)
+                else:
+                    valid = step.valid
+                    positions = plan.positions[rows].gather(1, step.index)  # (b, w) in the caller's tensor
+                    gathered.append((rows.view(-1, 1).expand_as(positions)[valid], positions[valid], outputs[valid]))
+            if token_loss is not None:
+                count = int((tok_targets != -100).sum())
+                loss_sum = loss_sum + token_loss
                 loss_count += count
-                seg_losses.append(total.detach() / count if count else total.detach() * float("nan"))
+                seg_losses.append(token_loss.detach() / count if count else token_loss.detach() * float("nan"))
 
         if self.head == "sequence":
             return RMTOutput(loss=seq_loss, logits=seq_logits, memory=memory,
                              segment_losses=torch.stack(seg_losses) if seg_losses else None)
-        if uniform:
+        if not return_logits:
+            full = None
+        elif uniform:
             full = torch.cat(gathered, dim=1)  # (B, T, ·)
         else:
             b_idx, t_idx, values = (torch.cat(parts) for parts in zip(*gathered))
@@ -469,7 +488,7 @@ class RecurrentMemoryTransformer(nn.Module):
             if memory is None:
                 memory = self.init_memory(seg.shape[0])
             lengths = torch.full((seg.shape[0],), seg.shape[1], device=device)
-            memory, outputs, _ = self._segment(seg, lengths, memory)
+            memory, outputs, _, _ = self._segment(seg, lengths, memory)
             num_tokens += seg.shape[1]
             num_segments += 1
             last_logits = outputs if self.head == "sequence" else outputs[:, -1]
@@ -595,7 +614,7 @@ class RecurrentMemoryTransformer(nn.Module):
         for start in range(0, input_ids.shape[1], s):
             seg = input_ids[:, start : start + s]
             lengths = torch.full((seg.shape[0],), seg.shape[1], device=seg.device)
-            memory, _, _ = self._segment(seg, lengths, memory)
+            memory, _, _, _ = self._segment(seg, lengths, memory, keep_outputs=False)
         return memory
 
     # ------------------------------------------------------------------ save / load

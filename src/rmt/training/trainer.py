@@ -191,7 +191,7 @@ def _train_stage(accelerator: Accelerator, config: TrainConfig, model: Recurrent
             batch = _batch(task, config, accelerator, step * accum + micro)
             sync = accelerator.no_sync(model) if micro < accum - 1 else nullcontext()
             with sync:
-                loss = model(**batch).loss / accum
+                loss = model(**batch, return_logits=False).loss / accum  # no (B, T, V) outputs to keep
                 accelerator.backward(loss)
             loss_value += float(loss.detach())
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
