@@ -53,8 +53,8 @@ def step_case(quick: bool, vocab: int, segments: int, checkpointing: bool):
     for p in model.parameters():  # allocate the gradients first: they are not activation memory
         p.grad = torch.zeros_like(p)
 
-    def run() -> None:
-        model(ids, labels=ids).loss.backward()
+    def run() -> None:  # a training step as rmt.training does it: no (B, T, V) logits returned
+        model(ids, labels=ids, return_logits=False).loss.backward()
 
     return run
 
