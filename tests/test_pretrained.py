@@ -6,7 +6,6 @@ missing. The first SmolLM2 test converts the packaged GGUF file into ``$RMT_CACH
 """
 
 import importlib.util
-import random
 
 import pytest
 import torch
