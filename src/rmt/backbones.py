@@ -143,6 +143,24 @@ def packaged_model_dir(name: str) -> Path:
     return target
 
 
+def _not_found(name_or_path: str, err: OSError) -> ValueError:
+    known = ", ".join(PACKAGED_MODELS)
+    return ValueError(f"cannot load backbone {name_or_path!r}: not a packaged model ({known}), not a local model "
+                      f"folder, and the hub could not give it ({str(err).splitlines()[0]})")
+
+
+def backbone_tokenizer(name_or_path: str) -> Any:
+    """The tokenizer of a backbone `load_backbone` accepts (padding with end-of-sequence if it has no pad token)."""
+    source = str(packaged_model_dir(name_or_path)) if name_or_path in PACKAGED_MODELS else name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as err:
+        raise _not_found(name_or_path, err) from None
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_backbone(name_or_path: str, task: str = "causal-lm", num_labels: Optional[int] = None,
                   **kwargs: Any) -> tuple[transformers.PreTrainedModel, Any]:
     """``(model, tokenizer)`` from a packaged model's short name, a local folder or a hub name.
@@ -163,13 +181,9 @@ def load_backbone(name_or_path: str, task: str = "causal-lm", num_labels: Option
     source = str(packaged_model_dir(name_or_path)) if name_or_path in PACKAGED_MODELS else name_or_path
     try:
         model = auto.from_pretrained(source, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as err:
-        known = ", ".join(PACKAGED_MODELS)
-        raise ValueError(f"cannot load backbone {name_or_path!r}: not a packaged model ({known}), not a local model "
-                         f"folder, and the hub could not give it ({str(err).splitlines()[0]})") from None
-    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
-        tokenizer.pad_token = tokenizer.eos_token
+        raise _not_found(name_or_path, err) from None
+    tokenizer = backbone_tokenizer(name_or_path)
     cfg = model.config
     if not getattr(cfg, "is_decoder", False):
         for attr in ("cls_token_id", "sep_token_id"):

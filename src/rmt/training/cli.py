@@ -72,8 +72,7 @@ def _run_config(run: Path) -> TrainConfig:
 
 def run_eval(args: argparse.Namespace) -> int:
     """Evaluate trained runs at many input lengths; print a table, write results.json and a plot."""
-    from ..data import load_tokenizer
-    from .trainer import TaskFactory
+    from .trainer import make_tasks
 
     run = Path(args.run)
     config = _run_config(run)
@@ -86,7 +85,7 @@ def run_eval(args: argparse.Namespace) -> int:
         models[name] = _load_best(Path(path))
     out = Path(args.out or run)
     out.mkdir(parents=True, exist_ok=True)
-    report = _evaluate_and_report(models, TaskFactory(config, load_tokenizer(config.tokenizer)), config, args.segments, args.examples, out, trained=[],
+    report = _evaluate_and_report(models, make_tasks(config), config, args.segments, args.examples, out, trained=[],
                                   title=f"{config.task}: {config.metric} by input length")
     print(report)
     return 0
@@ -125,8 +124,7 @@ def run_demo(args: argparse.Namespace) -> int:
     """Train a small RMT from random initialisation on detect & memorize with a curriculum, train a
     no-memory baseline the same way, evaluate both from 1 to 64 segments, and write the table,
     generalization.png and results.json to --out."""
-    from ..data import load_tokenizer
-    from .trainer import TaskFactory, train
+    from .trainer import make_tasks, train
 
     start = time.time()
     out = Path(args.out)
@@ -151,7 +149,7 @@ def run_demo(args: argparse.Namespace) -> int:
     trained = sorted({n for s in stages for n in (range(1, s.segments + 1) if s.mix_shorter else [s.segments])})
     extra = {"train_segments": trained, "curriculum": [s.segments for s in stages], "stages": rmt_run.stages,
              "baseline": "the same backbone without memory (num_mem_tokens=0), trained on 1 segment"}
-    table = _evaluate_and_report(models, TaskFactory(config, load_tokenizer(config.tokenizer)), config, args.segments, args.examples, out, trained,
+    table = _evaluate_and_report(models, make_tasks(config), config, args.segments, args.examples, out, trained,
                                  f"RMT vs no memory: {config.task}", extra)
     seconds = time.time() - start
     results_file = out / "results.json"

@@ -35,7 +35,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from ..backbones import build_backbone, load_backbone
+from ..backbones import backbone_tokenizer, build_backbone, load_backbone
 from ..config import RMTConfig
 from ..data import load_tokenizer
 from ..evaluation.by_length import evaluate
@@ -90,6 +90,13 @@ class TaskFactory:
         return self._cache[num_segments]
 
 
+def make_tasks(config: TrainConfig) -> TaskFactory:
+    """The run's tasks, read with the run's tokenizer (a pretrained backbone's own, or `config.tokenizer`)."""
+    if isinstance(config.backbone, str):
+        return TaskFactory(config, backbone_tokenizer(config.backbone))
+    return TaskFactory(config, load_tokenizer(config.tokenizer))
+
+
 def build_model(config: TrainConfig) -> tuple[RecurrentMemoryTransformer, TaskFactory]:
     """The wrapped backbone and the task factory, both from the config."""
     rmt_config = RMTConfig.from_dict(config.rmt)
@@ -98,7 +105,7 @@ def build_model(config: TrainConfig) -> tuple[RecurrentMemoryTransformer, TaskFa
         backbone, tokenizer = load_backbone(config.backbone, task=probe.kind, num_labels=probe.num_labels)
         tasks = TaskFactory(config, tokenizer)
     else:
-        tasks = TaskFactory(config, load_tokenizer(config.tokenizer))
+        tasks = make_tasks(config)
         task = tasks(1)
         tok = task.tokenizer
         is_causal = task.kind == "causal-lm"
