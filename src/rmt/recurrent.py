@@ -371,11 +371,12 @@ class RecurrentMemoryTransformer(nn.Module):
             if targets is not None and self.head != "sequence":
                 tok_targets = targets[rows].gather(1, step.index).masked_fill(~step.valid, -100)  # (b, w)
             keep = return_logits or self.head == "sequence"
-            new_memory, outputs, head_loss, token_loss = self._segment(ids, step.lengths, memory[rows], seq_labels,
-                                                                       tok_targets, keep)
+            everyone = rows.numel() == B
+            new_memory, outputs, head_loss, token_loss = self._segment(
+                ids, step.lengths, memory if everyone else memory[rows], seq_labels, tok_targets, keep)
             if k is not None and j + 1 < N - k:
                 new_memory = new_memory.detach()  # truncated BPTT: this transition is not backpropagated
-            memory = new_memory if rows.numel() == B else memory.index_copy(0, rows, new_memory)
+            memory = new_memory if everyone else memory.index_copy(0, rows, new_memory)
 
             if self.head == "sequence":
                 seq_logits, seq_loss = outputs, head_loss
@@ -485,8 +486,8 @@ class RecurrentMemoryTransformer(nn.Module):
 
         def consume(seg: torch.Tensor) -> None:
             nonlocal memory, prev_last, num_tokens, num_segments, last_logits
-            if memory is None:
-                memory = self.init_memory(seg.shape[0])
+            if num_segments == 0:  # the caller's memory (or the initial one), checked once
+                memory = self._check_memory(memory, seg.shape[0])
             lengths = torch.full((seg.shape[0],), seg.shape[1], device=device)
             memory, outputs, _, _ = self._segment(seg, lengths, memory)
             num_tokens += seg.shape[1]
@@ -511,8 +512,6 @@ class RecurrentMemoryTransformer(nn.Module):
                 continue
             self._check_ids(chunk, None)
             buffer = chunk if buffer is None else torch.cat([buffer, chunk], dim=1)
-            if memory is not None:
-                memory = self._check_memory(memory, buffer.shape[0])
             while buffer.shape[1] >= s:
                 consume(buffer[:, :s])
                 buffer = buffer[:, s:]
