@@ -13,6 +13,7 @@ import rmt
 
 VOCAB = 99
 CLS, SEP = 1, 2
+SINK = 1  # the tiny Llama's BOS, put first in every segment by the "llama-sink" kind
 
 
 def tiny_gpt2(n_positions: int = 64) -> transformers.PreTrainedModel:
@@ -34,7 +35,8 @@ def tiny_bert(max_positions: int = 64, num_labels: int = 3) -> transformers.PreT
     return transformers.BertForSequenceClassification(cfg).eval()
 
 
-BACKBONES = {"gpt2": tiny_gpt2, "llama": tiny_llama, "bert": tiny_bert}
+# "llama-sink": the decoder layout with a sink token first, [sink | read | segment | write]
+BACKBONES = {"gpt2": tiny_gpt2, "llama": tiny_llama, "llama-sink": tiny_llama, "bert": tiny_bert}
 
 
 def wrap(kind: str, **config) -> rmt.RecurrentMemoryTransformer:
@@ -43,6 +45,8 @@ def wrap(kind: str, **config) -> rmt.RecurrentMemoryTransformer:
     if kind == "bert":
         config.setdefault("cls_token_id", CLS)
         config.setdefault("sep_token_id", SEP)
+    if kind.endswith("-sink"):
+        config.setdefault("sink_token_id", SINK)
     torch.manual_seed(0)
     return rmt.RecurrentMemoryTransformer(BACKBONES[kind](), rmt.RMTConfig(**config)).eval()
 
@@ -57,6 +61,6 @@ def kind(request) -> str:
     return request.param
 
 
-@pytest.fixture(params=["gpt2", "llama"])
+@pytest.fixture(params=["gpt2", "llama", "llama-sink"])
 def decoder_kind(request) -> str:
     return request.param

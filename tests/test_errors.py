@@ -11,6 +11,7 @@ import rmt
 @pytest.mark.parametrize("field,value,error", [
     ("num_mem_tokens", -1, ValueError), ("segment_size", 0, ValueError), ("bptt_depth", -2, ValueError),
     ("segment_size", 8.5, TypeError), ("num_mem_tokens", True, TypeError), ("alignment", "middle", ValueError),
+    ("sink_token_id", -1, ValueError), ("sink_token_id", "<s>", TypeError),
 ])
 def test_config_rejects_bad_values(field, value, error):
     with pytest.raises(error, match=field):
@@ -25,6 +26,16 @@ def test_segment_too_long_says_the_largest_that_fits(build, limit, fits):
         rmt.RecurrentMemoryTransformer(build(), config)
     config.segment_size = fits
     rmt.RecurrentMemoryTransformer(build(), config)  # the size it names does fit
+
+
+def test_the_sink_token_counts_against_the_positions_and_must_exist():
+    config = rmt.RMTConfig(num_mem_tokens=4, segment_size=64 - 2 * 4, sink_token_id=1)
+    with pytest.raises(ValueError, match="the largest segment_size that fits is 55"):
+        rmt.RecurrentMemoryTransformer(tiny_llama(), config)
+    with pytest.raises(ValueError, match="sink_token_id=99 is outside the backbone's vocabulary of 99"):
+        rmt.RecurrentMemoryTransformer(tiny_llama(), rmt.RMTConfig(num_mem_tokens=4, segment_size=8, sink_token_id=VOCAB))
+    with pytest.raises(ValueError, match="sink_token_id is for decoders"):
+        rmt.RecurrentMemoryTransformer(tiny_bert(), rmt.RMTConfig(cls_token_id=1, sep_token_id=2, sink_token_id=1))
 
 
 def test_backbone_must_be_a_transformers_model():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CLS, SEP, VOCAB, random_ids, wrap
+from conftest import CLS, SEP, SINK, VOCAB, random_ids, wrap
 
 import rmt
 
@@ -26,13 +26,16 @@ def hand_loop(model: rmt.RecurrentMemoryTransformer, ids: torch.Tensor):
     s, m = model.rmt_config.segment_size, model.num_mem_tokens
     emb = model.backbone.get_input_embeddings()
     memory = model.initial_memory.expand(ids.shape[0], -1, -1)
+    sink = model.rmt_config.sink_token_id is not None
     outputs = []
     for start in range(0, ids.shape[1], s):
         seg = emb(ids[:, start : start + s])
         if model.is_causal:
             x = torch.cat([memory, seg, memory], dim=1)
+            if sink:
+                x = torch.cat([emb(torch.full((ids.shape[0], 1), SINK)), x], dim=1)
             out = model.backbone(inputs_embeds=x, output_hidden_states=True)
-            outputs.append(out.logits[:, m : m + seg.shape[1]])
+            outputs.append(out.logits[:, sink + m : sink + m + seg.shape[1]])
             memory = out.hidden_states[-1][:, -m:]
         else:
             b = ids.shape[0]
@@ -49,9 +52,17 @@ def test_no_memory_one_segment_is_the_backbone(kind):
     ids = random_ids(2, 16)
     labels = labels_for(kind, ids)
     out = model(ids, labels=labels)
-    ref = model.backbone(with_specials(ids) if kind == "bert" else ids, labels=labels)
-    torch.testing.assert_close(out.logits, ref.logits, atol=ATOL, rtol=0)
-    torch.testing.assert_close(out.loss, ref.loss, atol=ATOL, rtol=0)
+    if kind.endswith("-sink"):  # the backbone reading [sink] + ids, the sink neither scored nor predicting
+        sink = torch.full((2, 1), SINK)
+        ref = model.backbone(torch.cat([sink, ids], dim=1), labels=torch.cat([torch.full((2, 2), -100), labels[:, 1:]], dim=1))
+        ref_logits = ref.logits[:, 1:]
+        ref_loss = F.cross_entropy(ref_logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+        torch.testing.assert_close(ref.loss, ref_loss, atol=ATOL, rtol=0)
+    else:
+        ref = model.backbone(with_specials(ids) if kind == "bert" else ids, labels=labels)
+        ref_logits, ref_loss = ref.logits, ref.loss
+    torch.testing.assert_close(out.logits, ref_logits, atol=ATOL, rtol=0)
+    torch.testing.assert_close(out.loss, ref_loss, atol=ATOL, rtol=0)
 
 
 # 2. the wrapper is the recurrence

@@ -51,6 +51,12 @@ class RMTConfig(DictConfig):
             segment, ``[CLS] mem segment [SEP]``. Taken from the backbone config when it has them.
         gradient_checkpointing: recompute each segment's activations in the backward pass, so a
             training step over many segments keeps only the memory between segments.
+        sink_token_id: decoder layouts only: a token put first in every segment,
+            ``[sink | read mem | segment | write mem]``. Pretrained decoders park much of their
+            attention on whatever comes first (the attention sink of Xiao et al., 2023); without a
+            sink that is a memory vector, which they then largely ignore. Give the tokenizer's BOS
+            (or any fixed token) when wrapping a pretrained decoder; ``None`` (the default) is
+            the original layout.
     """
 
     num_mem_tokens: int = 10
@@ -60,6 +66,7 @@ class RMTConfig(DictConfig):
     cls_token_id: Optional[int] = None
     sep_token_id: Optional[int] = None
     gradient_checkpointing: bool = False
+    sink_token_id: Optional[int] = None
 
     def __post_init__(self) -> None:
         _check_int("num_mem_tokens", self.num_mem_tokens, 0)
@@ -68,7 +75,7 @@ class RMTConfig(DictConfig):
             _check_int("bptt_depth", self.bptt_depth, 0)
         if self.alignment not in ALIGNMENTS:
             raise ValueError(f"RMTConfig.alignment must be one of {ALIGNMENTS}, got {self.alignment!r}")
-        for name in ("cls_token_id", "sep_token_id"):
+        for name in ("cls_token_id", "sep_token_id", "sink_token_id"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 0)
         if not isinstance(self.gradient_checkpointing, bool):

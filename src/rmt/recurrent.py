@@ -144,8 +144,17 @@ class RecurrentMemoryTransformer(nn.Module):
             )
         m = config.num_mem_tokens
         if self.is_causal:
-            self.layout = DecoderLayout(m)
+            self.layout = DecoderLayout(m, sink=config.sink_token_id is not None)
+            if config.sink_token_id is not None:
+                if not 0 <= config.sink_token_id < embeddings.num_embeddings:
+                    raise ValueError(f"sink_token_id={config.sink_token_id} is outside the backbone's vocabulary "
+                                     f"of {embeddings.num_embeddings} tokens")
+                self.register_buffer("special_ids", torch.tensor([config.sink_token_id], device=embeddings.weight.device),
+                                     persistent=False)
         else:
+            if config.sink_token_id is not None:
+                raise ValueError(f"sink_token_id is for decoders; {type(base).__name__} is an encoder, whose segments "
+                                 "already start with [CLS]: leave sink_token_id=None")
             cls_id, sep_id = self._special_ids(base.config, embeddings.num_embeddings)
             self.layout = EncoderLayout(m)
             self.register_buffer("special_ids", torch.tensor([cls_id, sep_id], device=embeddings.weight.device), persistent=False)
@@ -236,7 +245,7 @@ class RecurrentMemoryTransformer(nn.Module):
 
     def _segment_impl(self, ids, lengths, memory, labels, targets, keep_outputs):
         embeds = self._embed(ids)  # (b, w, d)
-        specials = None if self.is_causal else self._embed(self.special_ids)  # (2, d): [CLS], [SEP]
+        specials = self._embed(self.special_ids) if self.layout.num_special else None  # [CLS], [SEP] or the sink
         seg = self.layout.build(embeds, lengths, memory.to(embeds.dtype), specials)
         kwargs: dict[str, Any] = dict(inputs_embeds=seg.inputs_embeds, attention_mask=seg.attention_mask,
                                       output_hidden_states=True, return_dict=True)
@@ -575,7 +584,8 @@ class RecurrentMemoryTransformer(nn.Module):
         while remaining > 0:
             # fill the segment; one more token is predicted from the full segment and opens the next
             count = min(remaining, s - segment.shape[1] + 1)
-            embeds = torch.cat([memory.to(self.initial_memory.dtype), self._embed(segment)], dim=1)
+            specials = self._embed(self.special_ids) if self.layout.num_special else None
+            embeds = torch.cat([self.layout.head(memory.to(self.initial_memory.dtype), specials), self._embed(segment)], dim=1)
             mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
             out = self.backbone.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=count,
                                          min_new_tokens=0, **generate_kwargs)
