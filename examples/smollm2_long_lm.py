@@ -53,8 +53,9 @@ def train_rmt(args, num_mem_tokens: int) -> tuple[rmt.RecurrentMemoryTransformer
     torch.manual_seed(args.seed)
     backbone, tok = rmt.load_backbone("smollm2-135m")
     lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
-    model = rmt.RecurrentMemoryTransformer(get_peft_model(backbone, lora),
-                                           rmt.RMTConfig(num_mem_tokens=num_mem_tokens, segment_size=args.segment_size))
+    sink = None if args.no_sink else tok.bos_token_id
+    model = rmt.RecurrentMemoryTransformer(get_peft_model(backbone, lora), rmt.RMTConfig(
+        num_mem_tokens=num_mem_tokens, segment_size=args.segment_size, sink_token_id=sink))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     model.train()
@@ -86,6 +87,8 @@ def main() -> None:
     parser.add_argument("--eval-histories", type=int, nargs="+", default=[0, 1, 2, 4, 8])
     parser.add_argument("--eval-examples", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-sink", action="store_true",
+                        help="the original layout: no BOS sink token before the read memory (RMTConfig.sink_token_id)")
     parser.add_argument("--out", default="runs/smollm2-lm")
     args = parser.parse_args()
     torch.set_num_threads(1)

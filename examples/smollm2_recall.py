@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--eval-examples", type=int, default=24)
+    parser.add_argument("--no-sink", action="store_true",
+                        help="the original layout: no BOS sink token before the read memory (RMTConfig.sink_token_id)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     t0 = time.time()
@@ -70,7 +72,8 @@ def main() -> None:
     torch.manual_seed(0)
     lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
     model = rmt.RecurrentMemoryTransformer(get_peft_model(backbone, lora), rmt.RMTConfig(
-        num_mem_tokens=args.num_mem_tokens, segment_size=args.segment_size))
+        num_mem_tokens=args.num_mem_tokens, segment_size=args.segment_size,
+        sink_token_id=None if args.no_sink else tok.bos_token_id))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     generate = lambda ids: model.generate(ids, max_new_tokens=1)[:, -1]  # noqa: E731

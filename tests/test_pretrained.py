@@ -185,6 +185,8 @@ def test_lora_round_trip_saves_only_adapter_and_memory(which, tmp_path):
 # --------------------------------------------------------------------------- generation with memory
 
 COLORS = ["red", "blue", "green", "yellow"]
+RECALL_SEGMENTS = 2  # the fact is one memory transition before the question
+RECALL_MAX_STEPS = 80
 QUESTION = " What is the secret color? The secret color is"
 
 
@@ -200,61 +202,49 @@ def recall_prompts(tok, num_segments: int, segment_size: int) -> tuple[torch.Ten
     return prompts, answers
 
 
-def test_a_fact_two_segments_back_reaches_the_generated_answer_only_through_memory():
-    """The recall mechanism on SmolLM2, end to end: gradient and generation.
+def test_smollm2_learns_to_recall_a_fact_segments_back_and_answers_it_through_generate():
+    """Learned recall on SmolLM2, end to end, through `generate`.
 
-    Four prompts differ only in a fact two segments (two memory transitions) before the question.
-    Without memory (m=0) all four give identical outputs. With memory the fact changes the
-    answer's logits, the answer loss sends gradient back to the fact's tokens, a few LoRA + memory
-    steps lower that loss, and `generate` (crossing a segment boundary) answers what the recurrent
-    forward pass predicts. Learning to *recall* the fact is not checked: on CPU it needs more than
-    a test's budget (30-40 steps stayed at chance, see docs/pretrained.md).
+    The prompts differ only in a fact RECALL_SEGMENTS - 1 memory transitions before the question, so
+    without memory (m=0) they all get the same answer. LoRA + memory, with the BOS token as the
+    segments' sink, are fine-tuned on them until the answer loss is small (at most RECALL_MAX_STEPS
+    steps), and then `generate` must answer every prompt with its own color, equal to argmax
+    decoding by the recurrent forward pass. Learning to recall *held-out* facts takes longer than
+    a test: see examples/smollm2_recall.py and docs/pretrained.md.
     """
     from peft import LoraConfig, get_peft_model
 
     segment_size = 16
     model, tok = load("smollm2")
-    prompts, answers = recall_prompts(tok, 3, segment_size)
-    fact_length = len(tok.encode(" The secret color is red.", add_special_tokens=False))
+    prompts, answers = recall_prompts(tok, RECALL_SEGMENTS, segment_size)
 
-    no_memory = wrap(model, tok, num_mem_tokens=0, segment_size=segment_size)
-    with torch.no_grad():
-        logits = no_memory(prompts).logits[:, -1]  # (C, V): the answer's logits
-    torch.testing.assert_close(logits, logits[:1].expand_as(logits), atol=1e-5, rtol=0)
+    no_memory = wrap(model, tok, num_mem_tokens=0, segment_size=segment_size, sink_token_id=tok.bos_token_id)
+    no_memory_answers = no_memory.generate(prompts, max_new_tokens=1)[:, -1]
+    assert len(set(no_memory_answers.tolist())) == 1  # without memory the fact cannot reach the answer
 
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    wrapped = wrap(get_peft_model(model, config), tok, num_mem_tokens=4, segment_size=segment_size)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
+    wrapped = wrap(get_peft_model(model, config), tok, num_mem_tokens=4, segment_size=segment_size,
+                   sink_token_id=tok.bos_token_id)
     ids = torch.cat([prompts, answers.view(-1, 1)], dim=1)
     labels = torch.full_like(ids, -100)
     labels[:, -1] = answers  # only the answer is scored
-    with torch.no_grad():
-        logits = wrapped(prompts).logits[:, -1]
-    assert (logits - logits[:1]).abs().max() > 1e-3  # the fact reaches the answer through memory
-
-    embeds = []
-
-    def keep(_module, _inputs, output):
-        embeds.append(output.requires_grad_())  # a leaf: the embeddings are frozen under LoRA
-
-    hook = wrapped.backbone.get_input_embeddings().register_forward_hook(keep)
-    wrapped.train()
-    wrapped(ids, labels=labels).loss.backward()
-    hook.remove()
-    first_segment = embeds[0]  # (C, 16, d): the fact's segment, read first
-    assert first_segment.shape[1] == segment_size and float(first_segment.grad[:, :fact_length].norm()) > 0
-
     params = [p for p in wrapped.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
+    wrapped.train()
     losses = []
-    for _ in range(3):
+    while len(losses) < RECALL_MAX_STEPS:
         loss = wrapped(ids, labels=labels).loss
+        losses.append(loss.item())
+        if losses[-1] < 0.1:  # every answer has probability > 0.67 under these weights: stop here
+            break
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0], losses
+    assert losses[-1] < 0.1, f"answer loss after {len(losses)} steps: {[round(x, 3) for x in losses]}"
     wrapped.eval()
-    generated = wrapped.generate(prompts, max_new_tokens=2)[:, -2:]  # (C, 2): reads the fact through memory
+    generated = wrapped.generate(prompts, max_new_tokens=2)[:, -2:]  # (C, 2): crosses a segment boundary
+    assert torch.equal(generated[:, 0], answers), (tok.batch_decode(generated[:, :1]), COLORS)
     with torch.no_grad():
         first = wrapped(prompts).logits[:, -1].argmax(-1)  # (C,)
         second = wrapped(torch.cat([prompts, first.view(-1, 1)], dim=1)).logits[:, -1].argmax(-1)
