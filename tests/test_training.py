@@ -84,6 +84,58 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     assert_same_weights(weights(tmp_path / "whole"), weights(tmp_path / "cut"))
 
 
+LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["query", "value"]}
+
+
+def test_lora_runs_pass_the_adapter_between_stages_and_resume_exactly(tmp_path):
+    """A LoRA run: checkpoints hold the adapter (+ head and memory), not the backbone; stage 2 starts
+    from stage 1's adapter (reloaded over a rebuilt base); a run killed in stage 2 resumes exactly;
+    the trained model loads back with the metric its stage recorded."""
+    from rmt.evaluation.by_length import evaluate
+    from rmt.training.trainer import make_tasks
+
+    config = tiny_config(tmp_path / "whole", lora=LORA, metric="loss", greater_is_better=False)
+    whole = train(config, progress=False)
+    best = Path(whole.stages[-1]["best_dir"])
+    assert (best / "backbone" / "adapter_model.safetensors").is_file()
+    assert not (best / "backbone" / "model.safetensors").exists()
+    adapter = lambda run: load_file(sorted(run.glob("stage-*"))[-1] / "best" / "backbone" / "adapter_model.safetensors")  # noqa: E731
+    trained = adapter(tmp_path / "whole")
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in trained.items())  # lora_B starts at zero
+    assert any("classifier" in k for k in trained)  # the fresh head trains in full and is saved
+
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_config(tmp_path / "cut", lora=LORA, metric="loss", greater_is_better=False),
+              progress=False, stop_after_steps=7)
+    resumed = train(tiny_config(tmp_path / "cut", lora=LORA, metric="loss", greater_is_better=False), progress=False)
+    assert_same_weights(trained, adapter(tmp_path / "cut"))
+    assert_same_weights(load_file(best / "memory.safetensors"),
+                        load_file(Path(resumed.stages[-1]["best_dir"]) / "memory.safetensors"))
+
+    model = whole.load_model().eval()
+    metrics = evaluate(model, make_tasks(config)(2), config.eval_examples, config.eval_batch_size)
+    assert abs(metrics["loss"] - whole.stages[-1]["best_metric"]) < 1e-6
+
+
+def test_sink_bos_and_lora_on_a_decoder(tmp_path):
+    config = tiny_config(
+        tmp_path / "run", task_args={"kind": "causal-lm"}, curriculum=[1],
+        backbone={"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+                  "num_key_value_heads": 2, "intermediate_size": 64},
+        rmt={"num_mem_tokens": 2, "segment_size": 64, "sink_token_id": "bos"},
+        lora={"r": 4, "target_modules": ["q_proj", "v_proj"]})
+    result = train(config, progress=False)
+    model = result.load_model()
+    assert model.rmt_config.sink_token_id == make_tasks_tokenizer(config).bos_token_id is not None
+    assert type(model.backbone).__name__ == "PeftModelForCausalLM"
+
+
+def make_tasks_tokenizer(config):
+    from rmt.training.trainer import make_tasks
+
+    return make_tasks(config)(1).tokenizer
+
+
 def test_resume_refuses_a_different_config(tmp_path):
     with pytest.raises(TrainingInterrupted):
         train(tiny_config(tmp_path / "run"), progress=False, stop_after_steps=1)
@@ -102,6 +154,10 @@ def test_bad_configs_say_what_is_wrong(tmp_path):
         TrainConfig.load(bad)
     with pytest.raises(FileNotFoundError):
         TrainConfig.load(tmp_path / "missing.yaml")
+    with pytest.raises(ValueError, match="lora must be a mapping"):
+        TrainConfig(lora=8)
+    with pytest.raises(ValueError, match="lora: .*rank"):
+        train(tiny_config(tmp_path / "lora", lora={"rank": 8}), progress=False)
 
 
 def test_overrides_reach_nested_keys(tmp_path):

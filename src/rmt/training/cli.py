@@ -92,13 +92,13 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _load_best(run: Path):
-    from ..recurrent import RecurrentMemoryTransformer
+    from .trainer import load_trained
 
     state = run / "state.json"
     if not state.is_file():
         raise FileNotFoundError(f"{state} not found: has the run in {run} finished a stage?")
     stages = json.loads(state.read_text())["stages"]
-    return RecurrentMemoryTransformer.from_pretrained(stages[-1]["best_dir"])
+    return load_trained(TrainConfig.load(run / "train_config.json"), stages[-1]["best_dir"])
 
 
 def _evaluate_and_report(models, tasks, config: TrainConfig, segments, examples: int, out: Path, trained,

@@ -23,6 +23,14 @@ class TrainConfig(DictConfig):
     Backbone: a dict ``{"model_type": "bert", "hidden_size": 128, ...}`` builds a model from random
     initialisation with those config fields; a string is a hub name, a local folder, or a packaged
     model's short name (see `rmt.backbones`).
+
+    LoRA: ``lora: {r: 8, lora_alpha: 16, target_modules: [q_proj, v_proj]}`` (any `peft.LoraConfig`
+    fields; the task type is set from the task) trains adapters on the backbone while the memory
+    (and a classification head) train in full; stages pass the adapter on, and checkpoints hold only
+    the adapter and the memory.
+
+    ``rmt: {sink_token_id: bos}`` puts the tokenizer's BOS token first in every decoder segment
+    (see `rmt.RMTConfig.sink_token_id`).
     """
 
     task: str = "detect-and-memorize"
@@ -30,6 +38,7 @@ class TrainConfig(DictConfig):
     tokenizer: Optional[str] = None
     backbone: Union[str, dict[str, Any]] = field(default_factory=lambda: {"model_type": "bert"})
     rmt: dict[str, Any] = field(default_factory=lambda: {"num_mem_tokens": 10, "segment_size": 128})
+    lora: Optional[dict[str, Any]] = None
     curriculum: list[Any] = field(default_factory=lambda: [1, 2, 4])
     steps_per_stage: int = 500
     threshold: Optional[float] = None
@@ -69,6 +78,9 @@ class TrainConfig(DictConfig):
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.lora is not None and not isinstance(self.lora, dict):
+            raise ValueError(f"lora must be a mapping of peft.LoraConfig fields (r, lora_alpha, target_modules, ...), "
+                             f"got {self.lora!r}")
         self.stages()  # validate the curriculum now, not after an hour of training
 
     def stages(self) -> list[Stage]:

@@ -57,6 +57,7 @@ class TrainingInterrupted(RuntimeError):
 class TrainResult:
     out_dir: Path
     stages: list[dict[str, Any]] = field(default_factory=list)
+    config: Optional[TrainConfig] = None
 
     @property
     def best_dir(self) -> Path:
@@ -64,7 +65,9 @@ class TrainResult:
         return Path(self.stages[-1]["best_dir"])
 
     def load_model(self) -> RecurrentMemoryTransformer:
-        return RecurrentMemoryTransformer.from_pretrained(self.best_dir)
+        if self.config is None:
+            return RecurrentMemoryTransformer.from_pretrained(self.best_dir)
+        return load_trained(self.config, self.best_dir)
 
 
 class TaskFactory:
@@ -98,12 +101,33 @@ def make_tasks(config: TrainConfig) -> TaskFactory:
 
 
 def build_model(config: TrainConfig) -> tuple[RecurrentMemoryTransformer, TaskFactory]:
-    """The wrapped backbone and the task factory, both from the config."""
-    rmt_config = RMTConfig.from_dict(config.rmt)
+    """The wrapped backbone (with its LoRA adapter, if configured) and the task factory, both from the config."""
+    backbone, rmt_config, tasks = _backbone(config)
+    if config.lora:
+        backbone = _with_lora(backbone, config)
+    return RecurrentMemoryTransformer(backbone, rmt_config), tasks
+
+
+def load_trained(config: TrainConfig, path: Any) -> RecurrentMemoryTransformer:
+    """A model saved by a run of `config`; a LoRA run's adapter is loaded over a freshly built base."""
+    if not config.lora:
+        return RecurrentMemoryTransformer.from_pretrained(path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)  # a random-init base is rebuilt with the weights the run started from
+        base, _, _ = _backbone(config)
+    return RecurrentMemoryTransformer.from_pretrained(path, backbone=base)
+
+
+def _backbone(config: TrainConfig) -> tuple[Any, RMTConfig, TaskFactory]:
+    rmt_args = dict(config.rmt)
+    sink = rmt_args.get("sink_token_id")
+    if sink == "bos":
+        rmt_args["sink_token_id"] = None  # set below, from the tokenizer
+    rmt_config = RMTConfig.from_dict(rmt_args)
     if isinstance(config.backbone, str):
         probe = get_task(config.task, num_segments=1, segment_size=rmt_config.segment_size, **config.task_args)
-        backbone, tokenizer = load_backbone(config.backbone, task=probe.kind, num_labels=probe.num_labels)
-        tasks = TaskFactory(config, tokenizer)
+        backbone, tok = load_backbone(config.backbone, task=probe.kind, num_labels=probe.num_labels)
+        tasks = TaskFactory(config, tok)
     else:
         tasks = make_tasks(config)
         task = tasks(1)
@@ -114,10 +138,28 @@ def build_model(config: TrainConfig) -> tuple[RecurrentMemoryTransformer, TaskFa
             special.update(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
         else:
             rmt_config.cls_token_id, rmt_config.sep_token_id = tok.cls_token_id, tok.sep_token_id
-        memory_positions = 2 * rmt_config.num_mem_tokens if is_causal else rmt_config.num_mem_tokens + 2
+        positions = 2 * rmt_config.num_mem_tokens + (sink is not None) if is_causal else rmt_config.num_mem_tokens + 2
         backbone = build_backbone(config.backbone, task.kind, vocab_size=len(tok), num_labels=task.num_labels,
-                                  max_positions=rmt_config.segment_size + memory_positions, special_ids=special)
-    return RecurrentMemoryTransformer(backbone, rmt_config), tasks
+                                  max_positions=rmt_config.segment_size + positions, special_ids=special)
+    if sink == "bos":
+        if tok.bos_token_id is None:
+            raise ValueError("rmt.sink_token_id is 'bos' but the tokenizer has no BOS token: give a token id instead")
+        rmt_config.sink_token_id = int(tok.bos_token_id)
+    return backbone, rmt_config, tasks
+
+
+def _with_lora(backbone: Any, config: TrainConfig) -> Any:
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    task_type = TaskType.CAUSAL_LM if backbone.can_generate() else TaskType.SEQ_CLS
+    try:
+        lora = LoraConfig(**{"task_type": task_type, **config.lora})
+    except TypeError as err:
+        raise ValueError(f"lora: {err} (the keys are peft.LoraConfig fields: r, lora_alpha, target_modules, ...)") from None
+    try:
+        return get_peft_model(backbone, lora)
+    except ValueError as err:  # e.g. target modules that the backbone does not have
+        raise ValueError(f"lora: {err}") from None
 
 
 def train(config: TrainConfig, *, resume: bool = True, progress: bool = True,
@@ -150,7 +192,7 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True,
         if index < len(state["stages"]):
             continue  # finished before the interruption
         if state["stages"]:
-            model = RecurrentMemoryTransformer.from_pretrained(state["stages"][-1]["best_dir"])
+            model = load_trained(config, state["stages"][-1]["best_dir"])
         offset = sum(done["steps"] for done in state["stages"])
         summary = _train_stage(accelerator, config, model, tasks, index, stage, out, progress, budget, offset)
         state["stages"].append(summary)
@@ -159,7 +201,7 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True,
             shutil.rmtree(Path(summary["best_dir"]).parent / "checkpoint", ignore_errors=True)
         accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(out, state["stages"])
+    return TrainResult(out, state["stages"], config)
 
 
 def _train_stage(accelerator: Accelerator, config: TrainConfig, model: RecurrentMemoryTransformer,
