@@ -27,21 +27,26 @@ COLORS = ["red", "blue", "green", "yellow", "black", "white"]
 QUESTION = " What is the secret color? The secret color is"
 
 
-def example(tok, text, index: int, split: str, length: int) -> tuple[list[int], int]:
-    """(prompt ids of exactly `length` tokens, answer id); deterministic in (split, index)."""
+def example(tok, text, index: int, split: str, length: int, same_text: bool = False) -> tuple[list[int], int]:
+    """(prompt ids of exactly `length` tokens, answer id); deterministic in (split, index).
+
+    With `same_text` every input has the same book text and example i has color i mod 6: the
+    inputs differ only in the fact, so the model can answer only through memory, but it can
+    also learn this one text by heart (a check that recall through memory can be learned at all).
+    """
     rng = random.Random(f"{split}|{index}")
-    color = rng.choice(COLORS)
+    color = COLORS[index % len(COLORS)] if same_text else rng.choice(COLORS)
     fact = tok.encode(f" The secret color is {color}.", add_special_tokens=False)
     question = tok.encode(QUESTION, add_special_tokens=False)
-    filler = text.tokens(length - len(fact) - len(question), seed=rng.getrandbits(32))
+    filler = text.tokens(length - len(fact) - len(question), seed=0 if same_text else rng.getrandbits(32))
     return fact + filler + question, tok.encode(" " + color, add_special_tokens=False)[0]
 
 
 @torch.no_grad()
-def accuracy(generate, tok, text, length: int, num_examples: int, batch_size: int = 8) -> float:
+def accuracy(generate, tok, text, length: int, num_examples: int, batch_size: int = 8, same_text: bool = False) -> float:
     hits = 0
     for start in range(0, num_examples, batch_size):
-        batch = [example(tok, text, i, "test", length) for i in range(start, min(start + batch_size, num_examples))]
+        batch = [example(tok, text, i, "test", length, same_text) for i in range(start, min(start + batch_size, num_examples))]
         answers = generate(torch.tensor([prompt for prompt, _ in batch]))
         hits += sum(int(a == answer) for a, (_, answer) in zip(answers.tolist(), batch))
     return hits / num_examples
@@ -57,6 +62,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--eval-examples", type=int, default=24)
+    parser.add_argument("--same-text", action="store_true",
+                        help="every input has the same book text, so they differ only in the fact (see `example`)")
     parser.add_argument("--no-sink", action="store_true",
                         help="the original layout: no BOS sink token before the read memory (RMTConfig.sink_token_id)")
     args = parser.parse_args()
@@ -66,7 +73,8 @@ def main() -> None:
     backbone, tok = rmt.load_backbone("smollm2-135m")
     text = background_text(None, tok)
     backbone.eval()
-    full = accuracy(lambda ids: backbone(ids).logits[:, -1].argmax(-1), tok, text, length, args.eval_examples)
+    full = accuracy(lambda ids: backbone(ids).logits[:, -1].argmax(-1), tok, text, length, args.eval_examples,
+                    same_text=args.same_text)
     print(f"pretrained SmolLM2, whole input at once: accuracy {full:.2f} (chance {1 / len(COLORS):.2f})", flush=True)
 
     torch.manual_seed(0)
@@ -79,7 +87,8 @@ def main() -> None:
     generate = lambda ids: model.generate(ids, max_new_tokens=1)[:, -1]  # noqa: E731
     for step in range(1, args.steps + 1):
         model.train()
-        batch = [example(tok, text, (step - 1) * args.batch_size + i, "train", length) for i in range(args.batch_size)]
+        batch = [example(tok, text, (step - 1) * args.batch_size + i, "train", length, args.same_text)
+                 for i in range(args.batch_size)]
         ids = torch.tensor([prompt + [answer] for prompt, answer in batch])
         labels = torch.full_like(ids, -100)
         labels[:, -1] = ids[:, -1]  # only the answer is scored
@@ -90,7 +99,7 @@ def main() -> None:
         optimizer.zero_grad()
         if step % args.eval_every == 0 or step == args.steps:
             model.eval()
-            acc = accuracy(generate, tok, text, length, args.eval_examples)
+            acc = accuracy(generate, tok, text, length, args.eval_examples, same_text=args.same_text)
             print(f"step {step}: loss {loss.item():.3f}, RMT accuracy through generate {acc:.2f} "
                   f"({time.time() - t0:.0f}s)", flush=True)
 

@@ -186,7 +186,7 @@ def test_lora_round_trip_saves_only_adapter_and_memory(which, tmp_path):
 
 COLORS = ["red", "blue", "green", "yellow"]
 RECALL_SEGMENTS = 2  # the fact is one memory transition before the question
-RECALL_MAX_STEPS = 80
+RECALL_MAX_STEPS = 120  # 56 steps here (loss 0.073); without the sink 80 steps end at loss 0.40
 QUESTION = " What is the secret color? The secret color is"
 
 
@@ -242,6 +242,7 @@ def test_smollm2_learns_to_recall_a_fact_segments_back_and_answers_it_through_ge
         optimizer.step()
         optimizer.zero_grad()
     assert losses[-1] < 0.1, f"answer loss after {len(losses)} steps: {[round(x, 3) for x in losses]}"
+    print(f"recall learned: answer loss {losses[-1]:.3f} after {len(losses) - 1} steps")  # shown with pytest -s
     wrapped.eval()
     generated = wrapped.generate(prompts, max_new_tokens=2)[:, -2:]  # (C, 2): crosses a segment boundary
     assert torch.equal(generated[:, 0], answers), (tok.batch_decode(generated[:, :1]), COLORS)
