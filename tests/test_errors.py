@@ -117,3 +117,10 @@ def test_classifier_refuses_an_empty_sample():
     mask[1] = 0
     with pytest.raises(ValueError, match="no tokens"):
         model(ids, attention_mask=mask, labels=torch.tensor([0, 1]))
+
+
+def test_stream_chunks_must_keep_the_batch_size():
+    model = wrap("gpt2")
+    chunks = [random_ids(2, 8), random_ids(2, 8), random_ids(3, 8)]
+    with pytest.raises(ValueError, match="a chunk of 3 rows came after chunks of 2"):
+        model.stream(iter(chunks))

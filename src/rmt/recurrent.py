@@ -520,6 +520,9 @@ class RecurrentMemoryTransformer(nn.Module):
             if chunk.shape[1] == 0:
                 continue
             self._check_ids(chunk, None)
+            if buffer is not None and chunk.shape[0] != buffer.shape[0]:
+                raise ValueError(f"stream() chunks must keep the batch size: a chunk of {chunk.shape[0]} rows came "
+                                 f"after chunks of {buffer.shape[0]}; stream each batch of samples on its own")
             buffer = chunk if buffer is None else torch.cat([buffer, chunk], dim=1)
             while buffer.shape[1] >= s:
                 consume(buffer[:, :s])
