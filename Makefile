@@ -31,7 +31,7 @@ demo: setup
 
 # everything, the pretrained-weight tests included (what CI runs)
 test: setup pretrained
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=10
 
 # the unit suite only: tiny random models, no pretrained weights
 test-fast: setup

