@@ -103,6 +103,8 @@ def test_generate_refuses_what_it_cannot_do():
         model.generate(random_ids(1, 4), max_length=30)
     with pytest.raises(ValueError, match="positive"):
         model.generate(random_ids(1, 4), max_new_tokens=0)
+    with pytest.raises(ValueError, match="alignment='left'"):
+        wrap("gpt2", alignment="right").generate(random_ids(1, 12))
 
 
 def test_from_pretrained_on_a_wrong_folder(tmp_path):

@@ -561,6 +561,9 @@ class RecurrentMemoryTransformer(nn.Module):
         """
         if not (self.is_causal and self.head == "token"):
             raise ValueError(f"generate() needs a causal language model; {type(_base_model(self.backbone)).__name__} is not one")
+        if self.rmt_config.alignment != "left":
+            raise ValueError("generate() writes memory as segments fill up from the left, which needs "
+                             "RMTConfig(alignment='left'); with 'right' every new token would re-cut all segments")
         if "max_length" in generate_kwargs:
             raise ValueError("pass max_new_tokens, not max_length: the input may be far longer than the backbone's context")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
