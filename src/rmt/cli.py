@@ -27,7 +27,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         result = args.func(args)
-    except (ValueError, FileNotFoundError, TypeError) as err:  # bad input: one line, no stack trace
+    except (ValueError, FileNotFoundError, TypeError, ImportError) as err:  # bad input or a missing package: one line
         print(f"rmt {args.command}: error: {err}", file=sys.stderr)
         return 2
     return int(result or 0)

@@ -12,6 +12,8 @@ from typing import Optional
 from .config import TrainConfig
 
 DEFAULT_EVAL_SEGMENTS = (1, 2, 4, 8, 16, 32, 64)
+BACKBONE_HELP = ("pretrained backbone: a packaged model (smollm2-135m, minilm-l6), a local model folder or a hub name; "
+                 "the same as --set backbone=NAME_OR_PATH")
 
 
 def _segments(text: str) -> list[int]:
@@ -29,6 +31,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="YAML or JSON config file (keys: see rmt.training.TrainConfig)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set learning_rate=1e-4 --set rmt.num_mem_tokens=4")
+    p.add_argument("--backbone", metavar="NAME_OR_PATH", help=BACKBONE_HELP)
     p.add_argument("--out", help="run directory (default: the config's out_dir)")
     p.add_argument("--no-resume", action="store_true", help="fail instead of resuming a run found in the run directory")
     p.set_defaults(func=run_train)
@@ -47,6 +50,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="rmt-demo", help="output directory (default: ./rmt-demo)")
     p.add_argument("--config", help="a config to use instead of the bundled demo config")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--backbone", metavar="NAME_OR_PATH", help=BACKBONE_HELP)
     p.add_argument("--segments", type=_segments, default=list(DEFAULT_EVAL_SEGMENTS), help="evaluation segment counts")
     p.add_argument("--examples", type=int, default=200, help="evaluation examples per length")
     p.set_defaults(func=run_demo)
@@ -56,11 +60,19 @@ def run_train(args: argparse.Namespace) -> int:
     """Train an RMT from a config file; an interrupted run in the same directory is resumed exactly."""
     from .trainer import train
 
-    config = TrainConfig.load(args.config, tuple(args.overrides) + ((f"out_dir={args.out}",) if args.out else ()))
+    config = _load_config(args.config, args, ((f"out_dir={args.out}",) if args.out else ()))
     result = train(config, resume=not args.no_resume)
     print(json.dumps(result.stages, indent=2))
     print(f"trained model: {result.best_dir}")
     return 0
+
+
+def _load_config(path, args: argparse.Namespace, extra: tuple[str, ...] = ()) -> TrainConfig:
+    """The config file with --set overrides, then --backbone (taken as a string, never parsed as YAML)."""
+    config = TrainConfig.load(path, tuple(args.overrides) + extra)
+    if args.backbone:
+        config = TrainConfig.from_dict({**config.to_dict(), "backbone": args.backbone})
+    return config
 
 
 def _run_config(run: Path) -> TrainConfig:
@@ -129,10 +141,10 @@ def run_demo(args: argparse.Namespace) -> int:
     start = time.time()
     out = Path(args.out)
     if args.config:
-        config = TrainConfig.load(args.config, tuple(args.overrides))
+        config = _load_config(args.config, args)
     else:
         with resources.as_file(resources.files("rmt") / "configs" / "demo.yaml") as path:
-            config = TrainConfig.load(path, tuple(args.overrides))
+            config = _load_config(path, args)
     rmt_config = TrainConfig.from_dict({**config.to_dict(), "out_dir": str(out / "rmt")})
     print(f"[1/3] training the RMT: curriculum {[s.segments for s in rmt_config.stages()]} segments "
           f"of {rmt_config.rmt['segment_size']} tokens, {rmt_config.rmt['num_mem_tokens']} memory tokens")
