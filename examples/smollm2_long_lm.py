@@ -1,10 +1,11 @@
 """SmolLM2-135M + RMT on long text: how much do earlier segments, read through memory, help the last one?
 
-Fine-tunes SmolLM2 (LoRA on attention, memory in full) on the bundled books with a curriculum over
-the number of history segments, once with memory and once without (``num_mem_tokens=0``: the same
-model reading each segment alone), the same steps on the same batches. Then reports the last
-segment's perplexity given 0, 1, 2, 4, 8 history segments, next to the pretrained model without
-fine-tuning, reading the last segment alone and reading the whole input at once (full attention).
+Fine-tunes SmolLM2 (LoRA on attention, with ``--lora-mlp`` on the MLPs too; memory in full) on the
+bundled books with a curriculum over the number of history segments, once with memory and once
+without (``num_mem_tokens=0``: the same model reading each segment alone), the same steps on the
+same batches. Then reports the last segment's perplexity given 0, 1, 2, 4, 8 history segments,
+next to the pretrained model without fine-tuning, reading the last segment alone and reading the
+whole input at once (full attention).
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python examples/smollm2_long_lm.py --out runs/smollm2-lm
 
@@ -24,6 +25,10 @@ from peft import LoraConfig, get_peft_model
 
 import rmt
 from rmt.tasks import get_task
+
+
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+MLP = ["gate_proj", "up_proj", "down_proj"]
 
 
 def lm_task(tokenizer, segment_size: int, history: int):
@@ -52,7 +57,8 @@ def last_segment_ppl(forward, tokenizer, segment_size: int, history: int, num_ex
 def train_rmt(args, num_mem_tokens: int) -> tuple[rmt.RecurrentMemoryTransformer, float]:
     torch.manual_seed(args.seed)
     backbone, tok = rmt.load_backbone("smollm2-135m")
-    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
+    targets = ATTENTION + (MLP if args.lora_mlp else [])
+    lora = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules=targets, task_type="CAUSAL_LM")
     sink = None if args.no_sink else tok.bos_token_id
     model = rmt.RecurrentMemoryTransformer(get_peft_model(backbone, lora), rmt.RMTConfig(
         num_mem_tokens=num_mem_tokens, segment_size=args.segment_size, sink_token_id=sink))
@@ -83,6 +89,9 @@ def main() -> None:
     parser.add_argument("--curriculum", type=int, nargs="+", default=[1, 2], help="history segments per stage")
     parser.add_argument("--steps-per-stage", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--lora-r", type=int, default=8)
+    parser.add_argument("--lora-mlp", action="store_true", help="LoRA on the MLP projections too, not only on attention")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-histories", type=int, nargs="+", default=[0, 1, 2, 4, 8])
     parser.add_argument("--eval-examples", type=int, default=16)
@@ -91,7 +100,7 @@ def main() -> None:
                         help="the original layout: no BOS sink token before the read memory (RMTConfig.sink_token_id)")
     parser.add_argument("--out", default="runs/smollm2-lm")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     t0 = time.time()
     H, n, bs, s = args.eval_histories, args.eval_examples, args.batch_size, args.segment_size
     results: dict[str, dict[int, float]] = {}
