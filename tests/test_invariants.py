@@ -411,3 +411,23 @@ def test_checkpointed_training_keeps_no_per_token_logits(decoder_kind):
     out.loss.backward()
     assert out.logits is None
     assert total[0] < 2 * 64 * VOCAB * 4, total[0]  # (B, T, V) float32 logits would be 50,688 bytes
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+def test_lm_head_projects_only_token_positions(decoder_kind, ragged):
+    """Memory and sink positions never go through the vocabulary projection (the largest matmul of
+    a small model): the head sees exactly each segment's token positions."""
+    model = wrap(decoder_kind)
+    ids = random_ids(2, 19)  # segments of 8, 8, 3
+    mask = torch.ones_like(ids)
+    if ragged:
+        mask[1, 12:] = 0
+    widths = []
+    hook = model.backbone.get_output_embeddings().register_forward_hook(lambda mod, inp, out: widths.append(inp[0].shape[1]))
+    try:
+        out = model(ids, attention_mask=mask, labels=ids)
+    finally:
+        hook.remove()
+    # samples are aligned at their last segment: the ragged one (8, 4 tokens) reads in steps 2 and 3
+    assert widths == ([8, 8, 4] if ragged else [8, 8, 3])
+    assert out.logits.shape == (2, 19, VOCAB)

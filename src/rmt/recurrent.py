@@ -8,6 +8,7 @@ step, write their new memory, and truncate BPTT by detaching it where `bptt_dept
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,12 @@ class _Step:
     valid: torch.Tensor  # (b, w) bool, False on padding
     lengths: torch.Tensor  # (b,)
 
+    @property
+    def rows_index(self) -> torch.Tensor:
+        """(b, 1): with `index`, picks each active row's (b, w) tokens without copying whole rows,
+        so a step costs O(segment) however long the input is."""
+        return self.rows.view(-1, 1)
+
 
 class RecurrentMemoryTransformer(nn.Module):
     """Wrap a transformers model so it reads inputs of any length through a recurrent memory.
@@ -137,6 +144,9 @@ class RecurrentMemoryTransformer(nn.Module):
         self.backbone = backbone
         self.is_causal = _is_causal(base)
         self.head = _head_kind(base)
+        # the LM head projects only the segment's token positions, not memory or sink positions
+        # (transformers' `logits_to_keep`, where the backbone has it)
+        self._slices_logits = self.head == "token" and "logits_to_keep" in inspect.signature(base.forward).parameters
         if self.is_causal and self.head == "sequence":
             raise ValueError(
                 f"{type(base).__name__}: sequence classification with a decoder is not supported; use the causal LM "
@@ -253,16 +263,18 @@ class RecurrentMemoryTransformer(nn.Module):
             kwargs["use_cache"] = False
         if labels is not None:
             kwargs["labels"] = labels
+        p, w = self.layout.prefix, ids.shape[1]
+        if self._slices_logits:
+            kwargs["logits_to_keep"] = torch.arange(p, p + w, device=ids.device)  # tokens sit at p.. in every row
         out = self.backbone(**kwargs)
         hidden = out.hidden_states[-1]  # (b, L, d)
         new_memory = self.layout.read(hidden, lengths).to(memory.dtype)
-        p, w = self.layout.prefix, ids.shape[1]
         if self.head == "sequence":
             outputs = out.logits  # (b, C)
         elif self.head == "none":
             outputs = hidden[:, p : p + w]  # (b, w, d)
         else:
-            outputs = out.logits[:, p : p + w]  # (b, w, V)
+            outputs = out.logits if self._slices_logits else out.logits[:, p : p + w]  # (b, w, V)
         token_loss = None
         if targets is not None:
             token_loss = F.cross_entropy(outputs.flatten(0, 1).float(), targets.flatten(), ignore_index=-100,
@@ -374,11 +386,11 @@ class RecurrentMemoryTransformer(nn.Module):
         for j in range(N):
             step = self._step(plan, j)
             rows = step.rows
-            ids = plan.ids[rows].gather(1, step.index).masked_fill(~step.valid, 0)  # (b, w)
+            ids = plan.ids[step.rows_index, step.index].masked_fill(~step.valid, 0)  # (b, w)
             seq_labels = targets[rows] if (targets is not None and self.head == "sequence") else None
             tok_targets = None
             if targets is not None and self.head != "sequence":
-                tok_targets = targets[rows].gather(1, step.index).masked_fill(~step.valid, -100)  # (b, w)
+                tok_targets = targets[step.rows_index, step.index].masked_fill(~step.valid, -100)  # (b, w)
             keep = return_logits or self.head == "sequence"
             everyone = rows.numel() == B
             new_memory, outputs, head_loss, token_loss = self._segment(
@@ -397,7 +409,7 @@ class RecurrentMemoryTransformer(nn.Module):
                     gathered.append(outputs)
                 else:
                     valid = step.valid
-                    positions = plan.positions[rows].gather(1, step.index)  # (b, w) in the caller's tensor
+                    positions = plan.positions[step.rows_index, step.index]  # (b, w) in the caller's tensor
                     gathered.append((rows.view(-1, 1).expand_as(positions)[valid], positions[valid], outputs[valid]))
             if token_loss is not None:
                 count = int((tok_targets != -100).sum())
