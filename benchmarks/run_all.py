@@ -25,7 +25,7 @@ TITLES = {
     "overhead": "1. Overhead against the bare backbone (same segments)",
     "fullattn": "2. Against full attention (whole input at once)",
     "peer": "3. Against recurrent-memory-transformer-pytorch",
-    "longread": "4. Long read with `stream()`",
+    "longread": "4. Long read: `stream()` and one forward call",
     "trainmem": "5. Training memory against BPTT depth",
 }
 
