@@ -298,15 +298,50 @@ def test_generate_with_sampling_is_seeded(decoder_kind):
     assert torch.equal(a, b) and a.shape == (2, 23)
 
 
-def test_generate_ragged_prompts_match_single_prompts(decoder_kind):
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_generate_ragged_prompts_match_single_prompts(decoder_kind, side):
+    """A ragged batch decodes together: prompts of 19, 13 and 5 tokens (2, 1 and 0 full segments
+    of 8 before the last) each get what they would get alone, across memory writes at different
+    steps, returned left-padded."""
     model = wrap(decoder_kind)
     model.backbone.generation_config.eos_token_id = None
-    ids = random_ids(2, 13)
+    ids = random_ids(3, 19)
+    lengths = [19, 13, 5]
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    if side == "left":
+        mask = mask.flip(1)
+    steps = 20
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=steps)
+    assert out.shape == (3, 19 + steps)
+    for i, n in enumerate(lengths):
+        alone = model.generate(ids[i : i + 1][:, mask[i].bool()], max_new_tokens=steps)[0]
+        assert torch.equal(out[i, 19 - n :], alone), i
+        assert bool((out[i, : 19 - n] == (model.backbone.generation_config.pad_token_id or 0)).all())
+        assert torch.equal(alone[None], argmax_decode(model, alone[None, :n], steps))
+
+
+def test_generate_ragged_batch_pads_after_each_samples_eos(decoder_kind):
+    model = wrap(decoder_kind)
+    model.backbone.generation_config.eos_token_id = None
+    ids = random_ids(2, 11)
     mask = torch.ones_like(ids)
-    mask[1, :4] = 0  # left padding
-    out = model.generate(ids, attention_mask=mask, max_new_tokens=10)
-    assert torch.equal(out[0], model.generate(ids[:1], max_new_tokens=10)[0])
-    assert torch.equal(out[1, 4:], model.generate(ids[1:, 4:], max_new_tokens=10)[0])
+    mask[1, :4] = 0
+    free = model.generate(ids, attention_mask=mask, max_new_tokens=12)
+    eos = int(free[0, 11 + 2])  # sample 0's third new token ends it
+    model.backbone.generation_config.eos_token_id = eos
+    pad = model.backbone.generation_config.pad_token_id
+    pad = eos if pad is None else pad  # what the wrapper pads with
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=12)
+    first_eos = [int((row[11:] == eos).nonzero()[0]) if bool((row[11:] == eos).any()) else None for row in free]
+    for i, start in enumerate((0, 4)):  # where each prompt starts (left-padded)
+        stop = first_eos[i]
+        if stop is None:  # never ends: decodes the whole budget
+            assert torch.equal(out[i, start:], free[i, start:])
+        else:
+            assert torch.equal(out[i, start : 11 + stop + 1], free[i, start : 11 + stop + 1])
+            assert bool((out[i, 11 + stop + 1 :] == pad).all())
 
 
 def test_generate_stops_at_eos(decoder_kind):

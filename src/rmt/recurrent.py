@@ -569,7 +569,9 @@ class RecurrentMemoryTransformer(nn.Module):
         segment with its KV cache; when the segment fills up, its memory is written and decoding
         continues in a new segment. Sampling options (``do_sample``, ``temperature``, ``top_k``,
         ``top_p``, ``generation_config``, ...) go to the backbone's ``generate``. Ragged batches
-        (``attention_mask``) are decoded sample by sample and returned left-padded.
+        (``attention_mask``, padding on either side) decode together, each sample with its own
+        segments and memory; like transformers, the result has the prompts left-padded and the
+        new tokens after them, padded after each sample's end-of-sequence token.
         """
         if not (self.is_causal and self.head == "token"):
             raise ValueError(f"generate() needs a causal language model; {type(_base_model(self.backbone)).__name__} is not one")
@@ -581,9 +583,11 @@ class RecurrentMemoryTransformer(nn.Module):
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
         self._check_ids(input_ids, attention_mask)
-        memory = self._check_memory(memory, input_ids.shape[0])
-        if attention_mask is not None and not bool(attention_mask.all()):
-            return self._generate_ragged(input_ids, attention_mask, max_new_tokens, memory, generate_kwargs)
+        B = input_ids.shape[0]
+        memory = self._check_memory(memory, B)
+        plan = self._plan(input_ids, attention_mask)  # each prompt's real tokens, packed to the left
+        if bool((plan.lengths == 0).any()):
+            raise ValueError("a prompt has no tokens (its attention_mask is all 0); give every sample at least one")
         gen_cfg = generate_kwargs.get("generation_config") or self.backbone.generation_config
         eos = gen_cfg.eos_token_id
         eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
@@ -591,23 +595,23 @@ class RecurrentMemoryTransformer(nn.Module):
         generate_kwargs.setdefault("pad_token_id", pad)
 
         s = self.rmt_config.segment_size
-        T = input_ids.shape[1]
-        full = (T - 1) // s * s  # tokens in full segments before the last (non-empty) one
-        if full:
-            memory = self._read(input_ids[:, :full], memory)
-        segment = input_ids[:, full:]  # (B, 1..s)
+        lengths = plan.lengths.tolist()
+        full = [(n - 1) // s * s for n in lengths]  # tokens in full segments before each last (non-empty) one
+        if max(full):
+            read = torch.arange(max(full), device=input_ids.device).view(1, -1) < torch.tensor(full, device=input_ids.device).view(-1, 1)
+            memory = self(plan.ids[:, : max(full)], attention_mask=read.long(), memory=memory, return_logits=False).memory
+        segments = [plan.ids[i, full[i] : lengths[i]] for i in range(B)]  # each (1..s,)
         new_tokens: list[torch.Tensor] = []
-        finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
         remaining = max_new_tokens
         while remaining > 0:
-            # fill the segment; one more token is predicted from the full segment and opens the next
-            count = min(remaining, s - segment.shape[1] + 1)
-            specials = self._embed(self.special_ids) if self.layout.num_special else None
-            embeds = torch.cat([self.layout.head(memory.to(self.initial_memory.dtype), specials), self._embed(segment)], dim=1)
-            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+            # decode until the first segment fills up; one more token is predicted from a full
+            # segment and opens its next one
+            count = min(remaining, min(s - seg.shape[0] + 1 for seg in segments))
+            embeds, mask = self._decoding_inputs(segments, memory)
             out = self.backbone.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=count,
                                          min_new_tokens=0, **generate_kwargs)
-            out = out[:, -count:] if out.shape[1] > count else out  # new tokens only
+            out = out[:, -count:] if out.shape[1] > count else out  # new tokens only, (B, <= count)
             out = out.masked_fill(finished.view(-1, 1), pad)
             if eos:
                 hit = torch.isin(out, torch.tensor(eos, device=out.device))
@@ -618,22 +622,27 @@ class RecurrentMemoryTransformer(nn.Module):
             remaining -= out.shape[1]
             if bool(finished.all()) or out.shape[1] < count:
                 break
-            segment = torch.cat([segment, out], dim=1)
-            if segment.shape[1] > s:
-                memory = self._read(segment[:, :s], memory)
-                segment = segment[:, s:]
-        return torch.cat([input_ids, *new_tokens], dim=1)
+            segments = [torch.cat([seg, row]) for seg, row in zip(segments, out)]
+            filled = [i for i, seg in enumerate(segments) if seg.shape[0] > s]
+            if filled:  # write the memory of every segment that filled up
+                rows = torch.tensor(filled, device=memory.device)
+                written = self._read(torch.stack([segments[i][:s] for i in filled]), memory[rows])
+                memory = memory.index_copy(0, rows, written)
+                for i in filled:
+                    segments[i] = segments[i][s:]
+        width = max(lengths)
+        prompts = torch.stack([F.pad(plan.ids[i, : lengths[i]], (width - lengths[i], 0), value=pad) for i in range(B)])
+        return torch.cat([prompts, *new_tokens], dim=1)
 
-    def _generate_ragged(self, input_ids, attention_mask, max_new_tokens, memory, generate_kwargs):
-        outputs = [
-            self.generate(input_ids[i : i + 1][:, attention_mask[i].bool()], None, max_new_tokens, memory[i : i + 1],
-                          **dict(generate_kwargs))[0]
-            for i in range(input_ids.shape[0])
-        ]
-        pad = self.backbone.generation_config.pad_token_id
-        pad = pad if pad is not None else 0
-        width = max(o.shape[0] for o in outputs)
-        return torch.stack([torch.cat([o.new_full((width - o.shape[0],), pad), o]) for o in outputs])
+    def _decoding_inputs(self, segments: list[torch.Tensor], memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ``[sink] read mem | segment`` embeddings (B, L, d) and their mask (B, L) for decoding."""
+        specials = self._embed(self.special_ids) if self.layout.num_special else None
+        head = self.layout.head(memory.to(self.initial_memory.dtype), specials)  # (B, prefix, d)
+        rows = [torch.cat([h, self._embed(seg)]) for h, seg in zip(head, segments)]
+        width = max(r.shape[0] for r in rows)
+        embeds = torch.stack([F.pad(r, (0, 0, width - r.shape[0], 0)) for r in rows])  # (B, L, d)
+        mask = torch.stack([(torch.arange(width, device=r.device) >= width - r.shape[0]).long() for r in rows])
+        return embeds, mask
 
     def _read(self, input_ids: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         """Memory after reading (B, T) tokens (no padding), keeping no outputs."""
