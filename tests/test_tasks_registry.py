@@ -47,6 +47,13 @@ def test_every_task_follows_the_contract(name):
         assert batch["labels"].shape == (3,) and 0 <= min(e["label"] for e in exs) < task.num_labels
         preds = [e["label"] for e in exs]
     assert all(v == 1.0 for v in task.score(preds, exs).values())
+    # evaluation keeps only what scoring needs; the scores are the same, right or wrong
+    views = [task.scoring_view(e) for e in exs]
+    assert all("input_ids" not in v for v in views)
+    wrong = ([[t + 1 for t in p] for p in preds] if task.kind == "causal-lm"
+             else [(p + 1) % task.num_labels for p in preds])
+    for guesses in (preds, wrong, preds[:1] + wrong[1:]):
+        assert task.score(guesses, views) == task.score(guesses, exs)
     assert isinstance(task.describe(), str) and len(task.dataset(4, "test")) == 4
     with pytest.raises(ValueError, match="split"):
         task.example(0, "dev")

@@ -16,30 +16,45 @@ TaskFactory = Callable[[int], Task]  # segment count -> the task at that length
 
 
 @torch.no_grad()
+def evaluate_models(models: Mapping[str, RecurrentMemoryTransformer], task: Task, num_examples: int,
+                    batch_size: int = 32, split: str = "validation") -> dict[str, dict[str, float]]:
+    """Every model's metric (and mean loss) on the same first `num_examples` examples of `split`.
+
+    Examples are generated one batch at a time and every model reads the batch before the next is
+    made; only what scoring needs (`Task.scoring_view`) is kept. Memory therefore holds one batch of
+    inputs however long they are (evaluating at millions of tokens per example).
+    """
+    predictions: dict[str, list[Any]] = {name: [] for name in models}
+    loss_sums = {name: 0.0 for name in models}
+    kept: list[dict] = []
+    for start in range(0, num_examples, batch_size):
+        chunk = [task.example(i, split) for i in range(start, min(start + batch_size, num_examples))]
+        for name, model in models.items():
+            preds, loss = _predict(model, task, chunk)
+            predictions[name] += preds
+            loss_sums[name] += loss * len(chunk)
+        kept += [task.scoring_view(ex) for ex in chunk]
+    return {name: {**task.score(predictions[name], kept), "loss": loss_sums[name] / max(len(kept), 1)}
+            for name in models}
+
+
 def evaluate(model: RecurrentMemoryTransformer, task: Task, num_examples: int, batch_size: int = 32,
-             split: str = "validation", examples: Optional[Sequence[dict]] = None) -> dict[str, float]:
-    """The task's own metric (and the mean loss) over its first `num_examples` examples of `split`
-    (or over `examples`, when several models are scored on the same ones)."""
-    if examples is None:
-        examples = [task.example(i, split) for i in range(num_examples)]
+             split: str = "validation") -> dict[str, float]:
+    """The task's own metric (and the mean loss) over its first `num_examples` examples of `split`."""
+    return evaluate_models({"model": model}, task, num_examples, batch_size, split)["model"]
+
+
+def _predict(model: RecurrentMemoryTransformer, task: Task, examples: Sequence[dict]) -> tuple[list[Any], float]:
+    """Predictions in the format `Task.score` expects, and the batch's mean loss."""
     was_training = model.training
     model.eval()
     device = model.initial_memory.device
-    predictions: list[Any] = []
-    loss_sum = 0.0
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in task.collate(chunk).items()}
-        out = model(**batch)
-        if task.kind == "classification":
-            predictions += out.logits.argmax(-1).tolist()
-        else:
-            predictions += predictions_from_logits(out.logits, batch["labels"])
-        loss_sum += float(out.loss) * len(chunk)
+    batch = {k: v.to(device) for k, v in task.collate(examples).items()}
+    out = model(**batch)
     model.train(was_training)
-    metrics = dict(task.score(predictions, examples))
-    metrics["loss"] = loss_sum / max(len(examples), 1)
-    return metrics
+    if task.kind == "classification":
+        return out.logits.argmax(-1).tolist(), float(out.loss)
+    return predictions_from_logits(out.logits, batch["labels"]), float(out.loss)
 
 
 def metric_by_length(models: Mapping[str, RecurrentMemoryTransformer], make_task: TaskFactory,
@@ -51,10 +66,9 @@ def metric_by_length(models: Mapping[str, RecurrentMemoryTransformer], make_task
     results: dict[str, list[float]] = {name: [] for name in models}
     jobs = tqdm(segment_counts, desc="evaluating lengths", disable=not progress)
     for n in jobs:
-        task = make_task(n)
-        examples = [task.example(i, "validation") for i in range(num_examples)]  # the same for every model
-        for name, model in models.items():
-            results[name].append(evaluate(model, task, num_examples, batch_size, examples=examples)[metric])
+        scores = evaluate_models(models, make_task(n), num_examples, batch_size)
+        for name in models:
+            results[name].append(scores[name][metric])
     return results
 
 

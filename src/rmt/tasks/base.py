@@ -117,6 +117,15 @@ class Task(abc.ABC):
             return {"accuracy": sum(correct) / max(len(correct), 1)}
         return token_scores(predictions, examples)
 
+    def scoring_view(self, example: dict) -> dict:
+        """What :meth:`score` needs of an example, kept while the rest of an evaluation runs: all
+        but ``input_ids``, with ``labels`` reduced to the scored targets (for inputs of millions
+        of tokens). Tasks whose ``score`` needs more override this."""
+        view = {k: v for k, v in example.items() if k not in ("input_ids", "labels")}
+        if "labels" in example:
+            view["labels"] = self.target_ids(example)
+        return view
+
     def target_ids(self, example: dict) -> list[int]:
         """The labelled (scored) token ids of a causal-LM example, in order."""
         return [t for t in example["labels"] if t != IGNORE_INDEX]
