@@ -53,3 +53,28 @@ def test_models_share_examples_that_are_made_once_a_batch_at_a_time():
     by_length = metric_by_length(models, lambda n: get_task("detect-and-memorize", length=32 * n), [3], 10,
                                  batch_size=5, progress=False)
     assert by_length == {name: [together[name]["accuracy"]] for name in models}
+
+
+def test_causal_lm_evaluation_reads_predictions_not_logits():
+    """Scores from the per-position argmax ids equal those from the full (B, T, V) logits, and no
+    logits are returned to evaluation."""
+    from rmt.tasks.base import predictions_from_logits
+
+    tok = ByteTokenizer()
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=tok.vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    model = rmt.RecurrentMemoryTransformer(transformers.GPT2LMHeadModel(cfg), rmt.RMTConfig(num_mem_tokens=4, segment_size=16)).eval()
+    task = get_task("copy", source_length=12)
+    examples = [task.example(i, "validation") for i in range(6)]
+    batch = task.collate(examples)
+    with torch.no_grad():
+        from_logits = predictions_from_logits(model(**batch).logits, batch["labels"])
+    returned = []
+    model.register_forward_hook(lambda mod, args, out: returned.append(out))
+    got = evaluate(model, task, 6, batch_size=6)
+    (out,) = returned
+    assert out.logits is None
+    assert predictions_from_logits(out.predictions, batch["labels"]) == from_logits
+    expected = task.score(from_logits, examples)
+    assert {k: got[k] for k in expected} == expected

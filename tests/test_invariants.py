@@ -466,3 +466,20 @@ def test_lm_head_projects_only_token_positions(decoder_kind, ragged):
     # samples are aligned at their last segment: the ragged one (8, 4 tokens) reads in steps 2 and 3
     assert widths == ([8, 8, 4] if ragged else [8, 8, 3])
     assert out.logits.shape == (2, 19, VOCAB)
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+def test_predictions_are_the_argmax_of_the_logits_without_keeping_logits(decoder_kind, ragged):
+    model = wrap(decoder_kind)
+    ids = random_ids(2, 19)
+    mask = torch.ones_like(ids)
+    if ragged:
+        mask[1, :6] = 0
+    full = model(ids, attention_mask=mask)
+    out = model(ids, attention_mask=mask, return_logits=False, return_predictions=True)
+    assert out.logits is None and out.predictions.shape == (2, 19)
+    real = mask.bool()
+    assert torch.equal(out.predictions[real], full.logits.argmax(-1)[real])
+    assert bool((out.predictions[~real] == 0).all())
+    with pytest.raises(ValueError, match="per-token head"):
+        wrap("bert")(random_ids(1, 5), return_predictions=True)

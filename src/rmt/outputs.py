@@ -23,6 +23,8 @@ class RMTOutput(ModelOutput):
         segment_losses: (S,) mean loss of each segment step (NaN where a step has no labelled
             token); None without labels.
         last_hidden_state: (B, T, d) token outputs of a backbone without a head, else None.
+        predictions: (B, T) argmax token at every position (0 at padding), with
+            ``return_predictions=True``; else None.
     """
 
     loss: Optional[torch.Tensor] = None
@@ -30,6 +32,7 @@ class RMTOutput(ModelOutput):
     memory: Optional[torch.Tensor] = None
     segment_losses: Optional[torch.Tensor] = None
     last_hidden_state: Optional[torch.Tensor] = None
+    predictions: Optional[torch.Tensor] = None
 
 
 @dataclass

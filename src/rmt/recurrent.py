@@ -94,6 +94,15 @@ class _Step:
         return self.rows.view(-1, 1)
 
 
+def _assemble(parts: list, uniform: bool, B: int, T: int) -> torch.Tensor:
+    """Per-step outputs back into (B, T, ...): concatenated when segments tile the input, else
+    scattered from (rows, positions, values) to the caller's positions (zeros at padding)."""
+    if uniform:
+        return torch.cat(parts, dim=1)  # (B, T, ...)
+    b_idx, t_idx, values = (torch.cat(column) for column in zip(*parts))
+    return values.new_zeros((B, T, *values.shape[1:])).index_put((b_idx, t_idx), values)
+
+
 class RecurrentMemoryTransformer(nn.Module):
     """Wrap a transformers model so it reads inputs of any length through a recurrent memory.
 
@@ -354,6 +363,7 @@ class RecurrentMemoryTransformer(nn.Module):
         memory: Optional[torch.Tensor] = None,
         *,
         return_logits: bool = True,
+        return_predictions: bool = False,
     ) -> RMTOutput:
         """Read `input_ids` (B, T) segment by segment.
 
@@ -367,7 +377,13 @@ class RecurrentMemoryTransformer(nn.Module):
             memory: (B, m, d) to continue a read (``out.memory`` of a previous call).
             return_logits: False skips the (B, T, V) per-token outputs (``logits`` is None); with
                 ``gradient_checkpointing`` a training step then keeps no per-token logits at all.
+            return_predictions: also return ``predictions`` (B, T), the argmax token at every
+                position (causal LMs), computed segment by segment: with ``return_logits=False``
+                evaluation of inputs of millions of tokens keeps ids, never (B, T, V) logits.
         """
+        if return_predictions and self.head != "token":
+            raise ValueError("return_predictions=True needs a per-token head (a causal LM); a classifier's "
+                             "prediction is out.logits.argmax(-1)")
         self._check_ids(input_ids, attention_mask)
         B, T = input_ids.shape
         memory = self._check_memory(memory, B)
@@ -379,6 +395,7 @@ class RecurrentMemoryTransformer(nn.Module):
         # no padding: segments tile the input in order, so outputs are simply concatenated
         uniform = bool((plan.lengths == T).all())
         gathered: list = []  # per step: outputs (uniform) or (rows, positions, outputs) to scatter
+        predicted: list = []  # the same for the argmax predictions
         seg_losses: list[torch.Tensor] = []
         loss_sum = input_ids.new_zeros((), dtype=torch.float32)
         loss_count = 0
@@ -391,7 +408,7 @@ class RecurrentMemoryTransformer(nn.Module):
             tok_targets = None
             if targets is not None and self.head != "sequence":
                 tok_targets = targets[step.rows_index, step.index].masked_fill(~step.valid, -100)  # (b, w)
-            keep = return_logits or self.head == "sequence"
+            keep = return_logits or return_predictions or self.head == "sequence"
             everyone = rows.numel() == B
             new_memory, outputs, head_loss, token_loss = self._segment(
                 ids, step.lengths, memory if everyone else memory[rows], seq_labels, tok_targets, keep)
@@ -404,13 +421,16 @@ class RecurrentMemoryTransformer(nn.Module):
                 if head_loss is not None:
                     seg_losses.append(head_loss.detach().float())
                 continue
-            if return_logits:
+            if return_logits or return_predictions:
                 if uniform:
-                    gathered.append(outputs)
+                    where = None
                 else:
-                    valid = step.valid
                     positions = plan.positions[step.rows_index, step.index]  # (b, w) in the caller's tensor
-                    gathered.append((rows.view(-1, 1).expand_as(positions)[valid], positions[valid], outputs[valid]))
+                    where = (rows.view(-1, 1).expand_as(positions)[step.valid], positions[step.valid])
+                for wanted, store, values in ((return_logits, gathered, outputs),
+                                              (return_predictions, predicted, outputs.argmax(-1) if return_predictions else None)):
+                    if wanted:
+                        store.append(values if where is None else (*where, values[step.valid]))
             if token_loss is not None:
                 count = int((tok_targets != -100).sum())
                 loss_sum = loss_sum + token_loss
@@ -420,13 +440,7 @@ class RecurrentMemoryTransformer(nn.Module):
         if self.head == "sequence":
             return RMTOutput(loss=seq_loss, logits=seq_logits, memory=memory,
                              segment_losses=torch.stack(seg_losses) if seg_losses else None)
-        if not return_logits:
-            full = None
-        elif uniform:
-            full = torch.cat(gathered, dim=1)  # (B, T, ·)
-        else:
-            b_idx, t_idx, values = (torch.cat(parts) for parts in zip(*gathered))
-            full = values.new_zeros(B, T, values.shape[-1]).index_put((b_idx, t_idx), values)
+        full = _assemble(gathered, uniform, B, T) if return_logits else None
         loss = None
         if targets is not None:
             loss = loss_sum / loss_count if loss_count else loss_sum * float("nan")
@@ -436,6 +450,7 @@ class RecurrentMemoryTransformer(nn.Module):
             last_hidden_state=full if self.head == "none" else None,
             memory=memory,
             segment_losses=torch.stack(seg_losses) if seg_losses else None,
+            predictions=_assemble(predicted, uniform, B, T) if return_predictions else None,
         )
 
     def _targets(self, labels: Optional[torch.Tensor], plan: _Plan, shape: torch.Size) -> Optional[torch.Tensor]:

@@ -50,11 +50,13 @@ def _predict(model: RecurrentMemoryTransformer, task: Task, examples: Sequence[d
     model.eval()
     device = model.initial_memory.device
     batch = {k: v.to(device) for k, v in task.collate(examples).items()}
-    out = model(**batch)
-    model.train(was_training)
     if task.kind == "classification":
+        out = model(**batch)
+        model.train(was_training)
         return out.logits.argmax(-1).tolist(), float(out.loss)
-    return predictions_from_logits(out.logits, batch["labels"]), float(out.loss)
+    out = model(**batch, return_logits=False, return_predictions=True)  # ids, never (B, T, V) logits
+    model.train(was_training)
+    return predictions_from_logits(out.predictions, batch["labels"]), float(out.loss)
 
 
 def metric_by_length(models: Mapping[str, RecurrentMemoryTransformer], make_task: TaskFactory,

@@ -170,11 +170,11 @@ def causal_example(prompt: Sequence[int], target: Sequence[int]) -> dict:
 def predictions_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> list[list[int]]:
     """Greedy predictions at the labelled positions, in the format :meth:`Task.score` expects.
 
-    ``logits`` (B, T, V) from a causal LM and ``labels`` (B, T): the token at position t is
-    predicted from position t - 1, so this reads ``argmax(logits[:, t - 1])`` wherever
-    ``labels[:, t] != -100``.
+    ``logits`` (B, T, V) from a causal LM, or the argmax ids (B, T) themselves (the model's
+    ``return_predictions=True``), and ``labels`` (B, T): the token at position t is predicted from
+    position t - 1, so this reads ``argmax(logits[:, t - 1])`` wherever ``labels[:, t] != -100``.
     """
-    pred = logits[:, :-1].argmax(-1)  # (B, T-1): prediction for position t+1
+    pred = logits[:, :-1] if logits.dim() == 2 else logits[:, :-1].argmax(-1)  # (B, T-1): prediction for t+1
     scored = labels[:, 1:] != IGNORE_INDEX  # (B, T-1)
     return [pred[b][scored[b]].tolist() for b in range(labels.shape[0])]
 
