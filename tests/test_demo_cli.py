@@ -47,6 +47,11 @@ def test_demo_writes_results_table_and_plot(tmp_path, capsys):
                  "--segments", "1,2", "--examples", "4", "--out", str(tmp_path / "eval")]) == 0
     again = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert set(again) >= {"rmt_accuracy", "no_memory_accuracy", "eval_segments"}
+    # one example at a time (what inputs of millions of tokens need) scores the same
+    assert main(["eval", str(tmp_path / "rmt"), "--baseline", f"no_memory={tmp_path / 'baseline'}",
+                 "--segments", "1,2", "--examples", "4", "--batch-size", "1", "--out", str(tmp_path / "eval1")]) == 0
+    single = json.loads((tmp_path / "eval1" / "results.json").read_text())
+    assert (single["rmt_accuracy"], single["no_memory_accuracy"]) == (again["rmt_accuracy"], again["no_memory_accuracy"])
 
 
 def test_cli_bad_paths_are_one_line_errors(tmp_path):

@@ -42,6 +42,8 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
                    help="another run to compare with (e.g. a no-memory model), repeatable")
     p.add_argument("--segments", type=_segments, default=list(DEFAULT_EVAL_SEGMENTS), help="comma list of segment counts")
     p.add_argument("--examples", type=int, default=200, help="examples per length")
+    p.add_argument("--batch-size", type=int, help="examples per batch (default: the run's eval_batch_size); memory "
+                   "holds one batch, so lower it for inputs of millions of tokens")
     p.add_argument("--out", help="where to write results.json and the plot (default: the run directory)")
     p.set_defaults(func=run_eval)
 
@@ -95,10 +97,12 @@ def run_eval(args: argparse.Namespace) -> int:
             raise ValueError(f"--baseline takes NAME=RUN_DIR, got {item!r}")
         _run_config(Path(path))
         models[name] = _load_best(Path(path))
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     out = Path(args.out or run)
     out.mkdir(parents=True, exist_ok=True)
     report = _evaluate_and_report(models, make_tasks(config), config, args.segments, args.examples, out, trained=[],
-                                  title=f"{config.task}: {config.metric} by input length")
+                                  title=f"{config.task}: {config.metric} by input length", batch_size=args.batch_size)
     print(report)
     return 0
 
@@ -114,12 +118,12 @@ def _load_best(run: Path):
 
 
 def _evaluate_and_report(models, tasks, config: TrainConfig, segments, examples: int, out: Path, trained,
-                         title: str, extra: Optional[dict] = None) -> str:
+                         title: str, extra: Optional[dict] = None, batch_size: Optional[int] = None) -> str:
     """Evaluate every model at every length; write generalization.png and results.json; return the table."""
     from ..evaluation.by_length import format_table, metric_by_length, plot_by_length, write_json
 
     metric = config.metric
-    results = metric_by_length(models, tasks, segments, examples, config.eval_batch_size, metric=metric)
+    results = metric_by_length(models, tasks, segments, examples, batch_size or config.eval_batch_size, metric=metric)
     task = tasks(1)
     chance = 1 / task.num_labels if task.num_labels else None
     plot_by_length(out / "generalization.png", segments, results, tasks.segment_size, trained, metric, chance, title)
