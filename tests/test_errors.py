@@ -105,6 +105,9 @@ def test_generate_refuses_what_it_cannot_do():
         model.generate(random_ids(1, 4), max_new_tokens=0)
     with pytest.raises(ValueError, match="alignment='left'"):
         wrap("gpt2", alignment="right").generate(random_ids(1, 12))
+    for option in ({"num_beams": 2}, {"num_return_sequences": 2, "do_sample": True}):
+        with pytest.raises(ValueError, match="one sequence per prompt"):
+            model.generate(random_ids(2, 5), max_new_tokens=4, **option)
 
 
 def test_from_pretrained_on_a_wrong_folder(tmp_path):

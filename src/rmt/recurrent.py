@@ -604,6 +604,10 @@ class RecurrentMemoryTransformer(nn.Module):
         if bool((plan.lengths == 0).any()):
             raise ValueError("a prompt has no tokens (its attention_mask is all 0); give every sample at least one")
         gen_cfg = generate_kwargs.get("generation_config") or self.backbone.generation_config
+        for name in ("num_beams", "num_return_sequences"):
+            if (generate_kwargs.get(name) or getattr(gen_cfg, name, 1) or 1) != 1:
+                raise ValueError(f"generate() decodes one sequence per prompt, greedily or by sampling: {name} must be 1 "
+                                 "(a beam search would restart at every segment boundary)")
         eos = gen_cfg.eos_token_id
         eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
         pad = gen_cfg.pad_token_id if gen_cfg.pad_token_id is not None else (eos[0] if eos else 0)
