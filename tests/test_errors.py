@@ -105,6 +105,10 @@ def test_generate_refuses_what_it_cannot_do():
         model.generate(random_ids(1, 4), max_new_tokens=0)
     with pytest.raises(ValueError, match="alignment='left'"):
         wrap("gpt2", alignment="right").generate(random_ids(1, 12))
+    empty = torch.ones(2, 5, dtype=torch.long)
+    empty[1] = 0
+    with pytest.raises(ValueError, match="a prompt has no tokens"):
+        model.generate(random_ids(2, 5), attention_mask=empty)
     for option in ({"num_beams": 2}, {"num_return_sequences": 2, "do_sample": True}):
         with pytest.raises(ValueError, match="one sequence per prompt"):
             model.generate(random_ids(2, 5), max_new_tokens=4, **option)
