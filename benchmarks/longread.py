@@ -97,25 +97,28 @@ def forward_case(quick: bool, tokens: int):
     return run
 
 
+def _measure(case: str, tokens: int, seconds_key: str, **kwargs: Any) -> dict[str, Any]:
+    """Run one case in a fresh process; tokens/s from the result's `seconds_key`."""
+    r = isolated(NAME, case, tokens=tokens, **kwargs)
+    if "error" in r:
+        raise RuntimeError(f"{NAME}: {case} over {tokens:,} tokens failed: {r}")
+    r["tokens_per_s"] = round(tokens / r[seconds_key], 1)
+    return r
+
+
 def main(quick: bool = False, tokens: Optional[list[int]] = None, chunk: int = 4096, compute_loss: bool = True,
          out_dir: Optional[Path] = None) -> dict[str, Any]:
     tokens = sorted(tokens or (QUICK_TOKENS if quick else TOKENS))
     rows = []
     for n in tokens:
-        r = isolated(NAME, "read_case", quick=quick, tokens=n, chunk=chunk, compute_loss=compute_loss)
-        if "error" in r:
-            raise RuntimeError(f"{NAME}: the {n}-token read failed: {r}")
-        r["tokens_per_s"] = round(n / r["seconds"], 1)
+        r = _measure("read_case", n, "seconds", quick=quick, chunk=chunk, compute_loss=compute_loss)
         rows.append(r)
         print(f"[{NAME}] {n:,} tokens: {r['seconds']:.1f}s, {r['tokens_per_s']:,.0f} tok/s, peak RSS {r['peak_rss_mb']} MB "
               f"(+{r['increment_mb']} MB over the loaded model)", flush=True)
     growth = rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"] - 1
     forward_rows = []
     for n in tokens:
-        r = isolated(NAME, "forward_case", quick=quick, tokens=n)
-        if "error" in r:
-            raise RuntimeError(f"{NAME}: the {n}-token forward failed: {r}")
-        r["tokens_per_s"] = round(n / r["call_seconds"], 1)
+        r = _measure("forward_case", n, "call_seconds", quick=quick)
         forward_rows.append(r)
         print(f"[{NAME}] forward over {n:,} tokens: {r['call_seconds']:.2f}s (median of {r['calls']}), "
               f"{r['tokens_per_s']:,.0f} tok/s", flush=True)

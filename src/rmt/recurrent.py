@@ -422,15 +422,14 @@ class RecurrentMemoryTransformer(nn.Module):
                     seg_losses.append(head_loss.detach().float())
                 continue
             if return_logits or return_predictions:
-                if uniform:
-                    where = None
-                else:
-                    positions = plan.positions[step.rows_index, step.index]  # (b, w) in the caller's tensor
+                if not uniform:  # keep only real tokens, with where they go in the caller's tensor
+                    positions = plan.positions[step.rows_index, step.index]  # (b, w)
                     where = (rows.view(-1, 1).expand_as(positions)[step.valid], positions[step.valid])
-                for wanted, store, values in ((return_logits, gathered, outputs),
-                                              (return_predictions, predicted, outputs.argmax(-1) if return_predictions else None)):
-                    if wanted:
-                        store.append(values if where is None else (*where, values[step.valid]))
+                if return_logits:
+                    gathered.append(outputs if uniform else (*where, outputs[step.valid]))
+                if return_predictions:
+                    ids_out = outputs.argmax(-1)  # (b, w)
+                    predicted.append(ids_out if uniform else (*where, ids_out[step.valid]))
             if token_loss is not None:
                 count = int((tok_targets != -100).sum())
                 loss_sum = loss_sum + token_loss
@@ -645,7 +644,8 @@ class RecurrentMemoryTransformer(nn.Module):
             filled = [i for i, seg in enumerate(segments) if seg.shape[0] > s]
             if filled:  # write the memory of every segment that filled up
                 rows = torch.tensor(filled, device=memory.device)
-                written = self._read(torch.stack([segments[i][:s] for i in filled]), memory[rows])
+                written = self(torch.stack([segments[i][:s] for i in filled]), memory=memory[rows],
+                               return_logits=False).memory
                 memory = memory.index_copy(0, rows, written)
                 for i in filled:
                     segments[i] = segments[i][s:]
@@ -662,15 +662,6 @@ class RecurrentMemoryTransformer(nn.Module):
         embeds = torch.stack([F.pad(r, (0, 0, width - r.shape[0], 0)) for r in rows])  # (B, L, d)
         mask = torch.stack([(torch.arange(width, device=r.device) >= width - r.shape[0]).long() for r in rows])
         return embeds, mask
-
-    def _read(self, input_ids: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        """Memory after reading (B, T) tokens (no padding), keeping no outputs."""
-        s = self.rmt_config.segment_size
-        for start in range(0, input_ids.shape[1], s):
-            seg = input_ids[:, start : start + s]
-            lengths = torch.full((seg.shape[0],), seg.shape[1], device=seg.device)
-            memory, _, _, _ = self._segment(seg, lengths, memory, keep_outputs=False)
-        return memory
 
     # ------------------------------------------------------------------ save / load
 

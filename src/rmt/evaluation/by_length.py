@@ -50,12 +50,12 @@ def _predict(model: RecurrentMemoryTransformer, task: Task, examples: Sequence[d
     model.eval()
     device = model.initial_memory.device
     batch = {k: v.to(device) for k, v in task.collate(examples).items()}
-    if task.kind == "classification":
-        out = model(**batch)
-        model.train(was_training)
-        return out.logits.argmax(-1).tolist(), float(out.loss)
-    out = model(**batch, return_logits=False, return_predictions=True)  # ids, never (B, T, V) logits
+    classification = task.kind == "classification"
+    # causal LMs: argmax ids per position, never (B, T, V) logits
+    out = model(**batch) if classification else model(**batch, return_logits=False, return_predictions=True)
     model.train(was_training)
+    if classification:
+        return out.logits.argmax(-1).tolist(), float(out.loss)
     return predictions_from_logits(out.predictions, batch["labels"]), float(out.loss)
 
 
