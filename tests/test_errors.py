@@ -89,7 +89,7 @@ def test_bad_inputs(kind):
         model(ids, attention_mask=torch.ones(2, 11, dtype=torch.long))
     with pytest.raises(ValueError, match="only 0"):
         model(ids, attention_mask=torch.full_like(ids, 2))
-    with pytest.raises(ValueError, match=r"memory must have shape \(batch, num_mem_tokens, hidden\)"):
+    with pytest.raises(ValueError, match=r"memory does not fit .* expected \(2, 4, 32\), got \(2, 3, 32\)"):
         model(ids, memory=torch.zeros(2, 3, 32))
     with pytest.raises(ValueError, match="labels must have|classification labels"):
         model(ids, labels=torch.zeros(3, 12, dtype=torch.long))

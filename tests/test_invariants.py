@@ -208,7 +208,7 @@ def test_save_and_load_round_trip(kind, tmp_path):
     before = model(ids)
     model.save_pretrained(tmp_path)
     files = {p.name for p in tmp_path.iterdir()}
-    assert {"rmt_config.json", "memory.safetensors", "backbone"} <= files
+    assert {"rmt_config.json", "model.safetensors", "backbone"} <= files
     assert not list(tmp_path.rglob("*.bin")) and not list(tmp_path.rglob("*.pt"))  # no pickles
     loaded = rmt.RecurrentMemoryTransformer.from_pretrained(tmp_path).eval()
     assert loaded.rmt_config == model.rmt_config

@@ -36,7 +36,7 @@ def tiny_config(out: Path, **changes) -> TrainConfig:
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
     stage = sorted(run.glob("stage-*"))[-1] / "best"
-    return {**load_file(stage / "backbone" / "model.safetensors"), **load_file(stage / "memory.safetensors")}
+    return load_file(stage / "model.safetensors")  # every saved tensor of the wrapper
 
 
 def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
@@ -97,20 +97,21 @@ def test_lora_runs_pass_the_adapter_between_stages_and_resume_exactly(tmp_path):
     config = tiny_config(tmp_path / "whole", lora=LORA, metric="loss", greater_is_better=False)
     whole = train(config, progress=False)
     best = Path(whole.stages[-1]["best_dir"])
-    assert (best / "backbone" / "adapter_model.safetensors").is_file()
+    assert (best / "backbone" / "adapter_config.json").is_file()
     assert not (best / "backbone" / "model.safetensors").exists()
-    adapter = lambda run: load_file(sorted(run.glob("stage-*"))[-1] / "best" / "backbone" / "adapter_model.safetensors")  # noqa: E731
+    adapter = lambda run: weights(run)  # noqa: E731
     trained = adapter(tmp_path / "whole")
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in trained.items())  # lora_B starts at zero
     assert any("classifier" in k for k in trained)  # the fresh head trains in full and is saved
+    assert "mechanism.initial_memory" in trained
+    assert not any("lora" not in k and "classifier" not in k and k.startswith("backbone.") for k in trained)  # no base
 
     with pytest.raises(TrainingInterrupted):
         train(tiny_config(tmp_path / "cut", lora=LORA, metric="loss", greater_is_better=False),
               progress=False, stop_after_steps=7)
     resumed = train(tiny_config(tmp_path / "cut", lora=LORA, metric="loss", greater_is_better=False), progress=False)
     assert_same_weights(trained, adapter(tmp_path / "cut"))
-    assert_same_weights(load_file(best / "memory.safetensors"),
-                        load_file(Path(resumed.stages[-1]["best_dir"]) / "memory.safetensors"))
+    assert Path(resumed.stages[-1]["best_dir"]).is_dir()
 
     model = whole.load_model().eval()
     metrics = evaluate(model, make_tasks(config)(2), config.eval_examples, config.eval_batch_size)

@@ -57,6 +57,8 @@ class RMTConfig(DictConfig):
             sink that is a memory vector, which they then largely ignore. Give the tokenizer's BOS
             (or any fixed token) when wrapping a pretrained decoder; ``None`` (the default) is
             the original layout.
+        memory: the memory mechanism, a name in `rmt.memory.MECHANISMS`: ``"rmt"``, the token memory
+            of the papers (the default).
     """
 
     num_mem_tokens: int = 10
@@ -67,8 +69,13 @@ class RMTConfig(DictConfig):
     sep_token_id: Optional[int] = None
     gradient_checkpointing: bool = False
     sink_token_id: Optional[int] = None
+    memory: str = "rmt"
 
     def __post_init__(self) -> None:
+        from .memory import MECHANISMS
+
+        if self.memory not in MECHANISMS:
+            raise ValueError(f"RMTConfig.memory must be one of {sorted(MECHANISMS)}, got {self.memory!r}")
         _check_int("num_mem_tokens", self.num_mem_tokens, 0)
         _check_int("segment_size", self.segment_size, 1)
         if self.bptt_depth is not None:

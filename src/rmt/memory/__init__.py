@@ -1,0 +1,18 @@
+"""Memory mechanisms, one module each, and the registry that `RMTConfig(memory=...)` names."""
+
+from .base import BackboneInfo, MemoryMechanism, SegmentInputs, State
+from .token import TokenMemory
+
+MECHANISMS: dict[str, type[MemoryMechanism]] = {
+    TokenMemory.name: TokenMemory,
+}
+
+
+def get_mechanism(name: str) -> type[MemoryMechanism]:
+    try:
+        return MECHANISMS[name]
+    except KeyError:
+        raise ValueError(f"unknown memory mechanism {name!r}; known: {', '.join(sorted(MECHANISMS))}") from None
+
+
+__all__ = ["MECHANISMS", "BackboneInfo", "MemoryMechanism", "SegmentInputs", "State", "TokenMemory", "get_mechanism"]
