@@ -39,7 +39,12 @@ def tiny_bert(max_positions: int = 64, num_labels: int = 3) -> transformers.PreT
 BACKBONES = {"gpt2": tiny_gpt2, "llama": tiny_llama, "llama-sink": tiny_llama, "bert": tiny_bert}
 
 
-def wrap(kind: str, **config) -> rmt.RecurrentMemoryTransformer:
+# every memory mechanism of the registry; a new one is tested by every invariant by being listed here
+MECHANISMS = ["rmt"]
+
+
+def wrap(kind: str, mechanism: str = "rmt", **config) -> rmt.RecurrentMemoryTransformer:
+    config.setdefault("memory", mechanism)
     config.setdefault("num_mem_tokens", 4)
     config.setdefault("segment_size", 8)
     if kind == "bert":
@@ -56,11 +61,42 @@ def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(3, VOCAB - 1, (batch, length), generator=g)  # no special ids
 
 
+def state_rows(state, rows):
+    """The rows of a memory state (a tensor or a tuple of tensors, batch first)."""
+    from torch.utils._pytree import tree_map
+
+    return tree_map(lambda t: t[rows], state)
+
+
+def max_diff(a, b) -> float:
+    """Largest absolute difference between two memory states (tensors or tuples of tensors)."""
+    from torch.utils._pytree import tree_leaves
+
+    return max(float((x - y).abs().max()) for x, y in zip(tree_leaves(a), tree_leaves(b)))
+
+
 @pytest.fixture(params=list(BACKBONES))
 def kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture(params=MECHANISMS)
+def mechanism(request) -> str:
     return request.param
 
 
 @pytest.fixture(params=["gpt2", "llama", "llama-sink"])
 def decoder_kind(request) -> str:
     return request.param
+
+
+def labels_for(kind: str, ids: torch.Tensor) -> torch.Tensor:
+    """Labels for a batch: class ids for the BERT classifier, the ids themselves for decoders."""
+    if kind == "bert":
+        return torch.arange(ids.shape[0]) % 3
+    return ids.clone()
+
+
+def with_specials(ids: torch.Tensor) -> torch.Tensor:
+    b = ids.shape[0]
+    return torch.cat([torch.full((b, 1), CLS), ids, torch.full((b, 1), SEP)], dim=1)

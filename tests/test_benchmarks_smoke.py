@@ -56,3 +56,13 @@ def test_run_all_quick(tmp_path):
     for name in ("overhead", "fullattn", "peer", "longread", "trainmem"):
         assert (tmp_path / f"{name}.json").exists()
     assert "## Targets" in (tmp_path / "SUMMARY.md").read_text()
+
+
+def test_every_benchmark_script_is_run_by_run_all(bench_modules):
+    """A script outside run_all's list would rot unnoticed (a diagnostic once stopped running after a
+    refactor); run_all --quick, which the slow test runs, covers exactly the listed ones."""
+    import run_all
+
+    helpers = {"common", "_worker", "run_all"}
+    scripts = {p.stem for p in BENCH.glob("*.py")} - helpers
+    assert scripts == set(run_all.BENCHMARKS)

@@ -48,7 +48,7 @@ def _predict(model: RecurrentMemoryTransformer, task: Task, examples: Sequence[d
     """Predictions in the format `Task.score` expects, and the batch's mean loss."""
     was_training = model.training
     model.eval()
-    device = model.initial_memory.device
+    device = model.device
     batch = {k: v.to(device) for k, v in task.collate(examples).items()}
     classification = task.kind == "classification"
     # causal LMs: argmax ids per position, never (B, T, V) logits

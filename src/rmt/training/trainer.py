@@ -39,6 +39,7 @@ from ..backbones import backbone_tokenizer, build_backbone, load_backbone
 from ..config import RMTConfig
 from ..data import load_tokenizer
 from ..evaluation.by_length import evaluate
+from ..memory import get_mechanism
 from ..recurrent import RecurrentMemoryTransformer
 from ..tasks import get_task
 from ..tasks.base import Task
@@ -119,13 +120,15 @@ def load_trained(config: TrainConfig, path: Any) -> RecurrentMemoryTransformer:
 
 
 def _backbone(config: TrainConfig) -> tuple[Any, RMTConfig, TaskFactory]:
+    """The backbone, the RMTConfig (special ids resolved from the tokenizer: built once, never edited) and the tasks."""
     rmt_args = dict(config.rmt)
     sink = rmt_args.get("sink_token_id")
     if sink == "bos":
-        rmt_args["sink_token_id"] = None  # set below, from the tokenizer
-    rmt_config = RMTConfig.from_dict(rmt_args)
+        rmt_args["sink_token_id"] = None  # resolved below, from the tokenizer
+    RMTConfig.from_dict(rmt_args)  # the fields are checked before anything is built
+    segment_size = int(rmt_args.get("segment_size", RMTConfig.segment_size))
     if isinstance(config.backbone, str):
-        probe = get_task(config.task, num_segments=1, segment_size=rmt_config.segment_size, **config.task_args)
+        probe = get_task(config.task, num_segments=1, segment_size=segment_size, **config.task_args)
         backbone, tok = load_backbone(config.backbone, task=probe.kind, num_labels=probe.num_labels)
         tasks = TaskFactory(config, tok)
     else:
@@ -137,14 +140,16 @@ def _backbone(config: TrainConfig) -> tuple[Any, RMTConfig, TaskFactory]:
         if is_causal:
             special.update(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
         else:
-            rmt_config.cls_token_id, rmt_config.sep_token_id = tok.cls_token_id, tok.sep_token_id
-        positions = 2 * rmt_config.num_mem_tokens + (sink is not None) if is_causal else rmt_config.num_mem_tokens + 2
-        backbone = build_backbone(config.backbone, task.kind, vocab_size=len(tok), num_labels=task.num_labels,
-                                  max_positions=rmt_config.segment_size + positions, special_ids=special)
+            rmt_args.update(cls_token_id=tok.cls_token_id, sep_token_id=tok.sep_token_id)
     if sink == "bos":
         if tok.bos_token_id is None:
             raise ValueError("rmt.sink_token_id is 'bos' but the tokenizer has no BOS token: give a token id instead")
-        rmt_config.sink_token_id = int(tok.bos_token_id)
+        rmt_args["sink_token_id"] = int(tok.bos_token_id)
+    rmt_config = RMTConfig.from_dict(rmt_args)
+    if not isinstance(config.backbone, str):
+        positions = get_mechanism(rmt_config.memory).extra_positions(rmt_config, is_causal)
+        backbone = build_backbone(config.backbone, task.kind, vocab_size=len(tok), num_labels=task.num_labels,
+                                  max_positions=rmt_config.segment_size + positions, special_ids=special)
     return backbone, rmt_config, tasks
 
 
