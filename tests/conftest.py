@@ -40,7 +40,7 @@ BACKBONES = {"gpt2": tiny_gpt2, "llama": tiny_llama, "llama-sink": tiny_llama, "
 
 
 # every memory mechanism of the registry; a new one is tested by every invariant by being listed here
-MECHANISMS = ["rmt"]
+MECHANISMS = ["rmt", "armt"]
 
 
 def wrap(kind: str, mechanism: str = "rmt", **config) -> rmt.RecurrentMemoryTransformer:
@@ -52,8 +52,15 @@ def wrap(kind: str, mechanism: str = "rmt", **config) -> rmt.RecurrentMemoryTran
         config.setdefault("sep_token_id", SEP)
     if kind.endswith("-sink"):
         config.setdefault("sink_token_id", SINK)
+    if config["memory"] == "armt":
+        config.setdefault("d_mem", 8)
     torch.manual_seed(0)
-    return rmt.RecurrentMemoryTransformer(BACKBONES[kind](), rmt.RMTConfig(**config)).eval()
+    model = rmt.RecurrentMemoryTransformer(BACKBONES[kind](), rmt.RMTConfig(**config)).eval()
+    if config["memory"] == "armt":  # W_v starts at zero (nothing written); a trained-looking one writes
+        with torch.no_grad():
+            for block in model.mechanism.assoc:
+                block.W_v.weight.normal_(0, 0.3)
+    return model
 
 
 def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:

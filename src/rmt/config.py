@@ -58,7 +58,13 @@ class RMTConfig(DictConfig):
             (or any fixed token) when wrapping a pretrained decoder; ``None`` (the default) is
             the original layout.
         memory: the memory mechanism, a name in `rmt.memory.MECHANISMS`: ``"rmt"``, the token memory
-            of the papers (the default).
+            of the papers (the default); ``"armt"``, the associative memory of ARMT (Rodkin et al.,
+            2024): a matrix per layer written from ``num_mem_tokens`` memory tokens with the delta rule.
+        d_mem: ``"armt"`` only: the size of its keys and queries before the DPFP feature map
+            (None: 64); keys then have 6 * d_mem features.
+        num_memory_heads: ``"armt"`` only: heads of the associative matrix (None: 1).
+        memory_layers: ``"armt"`` only: the layers (indices) that get an associative memory
+            (None: every layer).
     """
 
     num_mem_tokens: int = 10
@@ -70,12 +76,28 @@ class RMTConfig(DictConfig):
     gradient_checkpointing: bool = False
     sink_token_id: Optional[int] = None
     memory: str = "rmt"
+    d_mem: Optional[int] = None
+    num_memory_heads: Optional[int] = None
+    memory_layers: Optional[list[int]] = None
 
     def __post_init__(self) -> None:
         from .memory import MECHANISMS
 
         if self.memory not in MECHANISMS:
             raise ValueError(f"RMTConfig.memory must be one of {sorted(MECHANISMS)}, got {self.memory!r}")
+        for name in ("d_mem", "num_memory_heads"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1)
+        if self.memory_layers is not None:
+            if not isinstance(self.memory_layers, (list, tuple)) or not self.memory_layers:
+                raise TypeError(f"RMTConfig.memory_layers must be a non-empty list of layer indices, got {self.memory_layers!r}")
+            for index in self.memory_layers:
+                _check_int("memory_layers[]", index, 0)
+            self.memory_layers = list(self.memory_layers)
+        if self.memory != "armt":
+            given = [n for n in ("d_mem", "num_memory_heads", "memory_layers") if getattr(self, n) is not None]
+            if given:
+                raise ValueError(f"RMTConfig: {', '.join(given)} are options of memory='armt', not of memory={self.memory!r}")
         _check_int("num_mem_tokens", self.num_mem_tokens, 0)
         _check_int("segment_size", self.segment_size, 1)
         if self.bptt_depth is not None:

@@ -1,10 +1,12 @@
 """Memory mechanisms, one module each, and the registry that `RMTConfig(memory=...)` names."""
 
+from .associative import AssociativeMemory
 from .base import BackboneInfo, MemoryMechanism, SegmentInputs, State
 from .token import TokenMemory
 
 MECHANISMS: dict[str, type[MemoryMechanism]] = {
     TokenMemory.name: TokenMemory,
+    AssociativeMemory.name: AssociativeMemory,
 }
 
 
@@ -15,4 +17,4 @@ def get_mechanism(name: str) -> type[MemoryMechanism]:
         raise ValueError(f"unknown memory mechanism {name!r}; known: {', '.join(sorted(MECHANISMS))}") from None
 
 
-__all__ = ["MECHANISMS", "BackboneInfo", "MemoryMechanism", "SegmentInputs", "State", "TokenMemory", "get_mechanism"]
+__all__ = ["MECHANISMS", "AssociativeMemory", "BackboneInfo", "MemoryMechanism", "SegmentInputs", "State", "TokenMemory", "get_mechanism"]
