@@ -36,7 +36,7 @@ TARGET = 0.10  # relative peak-RSS growth from the shortest to the longest read
 FORWARD_TARGET = 0.90  # forward tokens/s at the longest read relative to the shortest
 
 
-def build(quick: bool) -> rmt.RecurrentMemoryTransformer:
+def build(quick: bool, memory: str = "rmt") -> rmt.RecurrentMemoryTransformer:
     torch.manual_seed(0)
     shape = dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=4, num_key_value_heads=4,
                  intermediate_size=344, vocab_size=256)
@@ -48,7 +48,8 @@ def build(quick: bool) -> rmt.RecurrentMemoryTransformer:
                                    pad_token_id=0)
     cfg._attn_implementation = "sdpa"
     backbone = transformers.LlamaForCausalLM(cfg)
-    return rmt.RecurrentMemoryTransformer(backbone, rmt.RMTConfig(num_mem_tokens=m, segment_size=s)).eval()
+    config = rmt.RMTConfig(num_mem_tokens=m, segment_size=s, memory=memory)
+    return rmt.RecurrentMemoryTransformer(backbone, config).eval()
 
 
 def chunks(total: int, chunk: int, vocab: int, seed: int = 1) -> Iterator[torch.Tensor]:
@@ -61,9 +62,9 @@ def chunks(total: int, chunk: int, vocab: int, seed: int = 1) -> Iterator[torch.
         done += n
 
 
-def read_case(quick: bool, tokens: int, chunk: int, compute_loss: bool):
+def read_case(quick: bool, tokens: int, chunk: int, compute_loss: bool, memory: str = "rmt"):
     """Worker builder: stream `tokens` tokens through the model."""
-    model = build(quick)
+    model = build(quick, memory)
     vocab = model.backbone.config.vocab_size
     model.stream(next(chunks(model.rmt_config.segment_size, model.rmt_config.segment_size, vocab)))  # warm-up
 
@@ -76,9 +77,9 @@ def read_case(quick: bool, tokens: int, chunk: int, compute_loss: bool):
     return run
 
 
-def forward_case(quick: bool, tokens: int):
+def forward_case(quick: bool, tokens: int, memory: str = "rmt"):
     """Worker builder: one forward call over a (1, `tokens`) tensor, loss only."""
-    model = build(quick)
+    model = build(quick, memory)
     vocab = model.backbone.config.vocab_size
     ids = torch.cat(list(chunks(tokens, 65_536, vocab)), dim=1)  # (1, tokens)
     with torch.no_grad():

@@ -20,13 +20,14 @@ from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-BENCHMARKS = ["overhead", "fullattn", "peer", "longread", "trainmem"]
+BENCHMARKS = ["overhead", "fullattn", "peer", "longread", "trainmem", "armt"]
 TITLES = {
     "overhead": "1. Overhead against the bare backbone (same segments)",
     "fullattn": "2. Against full attention (whole input at once)",
     "peer": "3. Against recurrent-memory-transformer-pytorch",
     "longread": "4. Long read: `stream()` and one forward call",
     "trainmem": "5. Training memory against BPTT depth",
+    "armt": "6. Associative memory (ARMT) against token memory (RMT)",
 }
 
 

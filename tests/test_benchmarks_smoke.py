@@ -53,7 +53,7 @@ def test_run_all_quick(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--quick", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for name in ("overhead", "fullattn", "peer", "longread", "trainmem"):
+    for name in ("overhead", "fullattn", "peer", "longread", "trainmem", "armt"):
         assert (tmp_path / f"{name}.json").exists()
     assert "## Targets" in (tmp_path / "SUMMARY.md").read_text()
 
