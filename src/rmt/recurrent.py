@@ -20,10 +20,12 @@ from torch.utils.checkpoint import checkpoint
 
 from . import checks, schedule
 from .config import RMTConfig
+from .generation import generate
 from .heads import HiddenHead, SequenceHead, StepOutput, head_for
 from .memory import BackboneInfo, MemoryMechanism, State, get_mechanism
 from .outputs import RMTOutput, RMTStreamOutput
-from .saving import RMTPretrainedConfig, load, save
+from .saving import RMTPretrainedConfig, load, save, unsaved_keys
+from .streaming import stream
 
 
 def _base_model(backbone: nn.Module) -> nn.Module:
@@ -187,8 +189,6 @@ class RecurrentMemoryTransformer(transformers.PreTrainedModel):
     def _keys_to_ignore_on_save(self) -> set[str]:
         """Keys of the state dict that `save_pretrained` does not write (tied copies, a peft model's frozen
         base): the Trainer then knows that their absence from a checkpoint is expected."""
-        from .saving import unsaved_keys
-
         return unsaved_keys(self)
 
     def save_pretrained(self, save_directory: Union[str, Path], state_dict: Optional[dict] = None,
@@ -364,8 +364,6 @@ class RecurrentMemoryTransformer(transformers.PreTrainedModel):
 
         Nothing per token is kept: only the state, the running loss and one loss per segment.
         """
-        from .streaming import stream
-
         return stream(self, tokens, memory, compute_loss=compute_loss, progress=progress)
 
     def generate(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
@@ -380,6 +378,4 @@ class RecurrentMemoryTransformer(transformers.PreTrainedModel):
         segments and memory; like transformers, the result has the prompts left-padded and the
         new tokens after them, padded after each sample's end-of-sequence token.
         """
-        from .generation import generate
-
         return generate(self, input_ids, attention_mask, max_new_tokens, memory, **generate_kwargs)
