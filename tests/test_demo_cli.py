@@ -36,12 +36,13 @@ def test_demo_writes_results_table_and_plot(tmp_path, capsys):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["eval_segments"] == [1, 2, 3]
     assert results["train_segments"] == [1, 2, 3, 4]  # curriculum [1, 2, 4] with shorter lengths mixed in
-    for key in ("rmt_accuracy", "baseline_accuracy"):
+    for key in ("rmt_accuracy", "armt_accuracy", "baseline_accuracy"):
         assert len(results[key]) == 3 and all(0 <= v <= 1 for v in results[key])
     assert results["seconds"] > 0
     assert (tmp_path / "generalization.png").stat().st_size > 1000
     printed = capsys.readouterr().out
-    assert "accuracy by input length" in printed and "baseline" in printed
+    assert "accuracy by input length" in printed and "baseline" in printed and "armt" in printed
+    assert json.loads((tmp_path / "armt" / "train_config.json").read_text())["rmt"]["memory"] == "armt"
     # the runs can be evaluated again with `rmt eval`
     assert main(["eval", str(tmp_path / "rmt"), "--baseline", f"no_memory={tmp_path / 'baseline'}",
                  "--segments", "1,2", "--examples", "4", "--out", str(tmp_path / "eval")]) == 0

@@ -137,9 +137,9 @@ def _evaluate_and_report(models, tasks, config: TrainConfig, segments, examples:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Train a small RMT from random initialisation on detect & memorize with a curriculum, train a
-    no-memory baseline the same way, evaluate both from 1 to 64 segments, and write the table,
-    generalization.png and results.json to --out."""
+    """Train a small RMT (token memory) and ARMT (associative memory) from random initialisation on
+    detect & memorize with the same curriculum, train a no-memory baseline, evaluate all three from
+    1 to 64 segments, and write the table, generalization.png and results.json to --out."""
     from .trainer import make_tasks, train
 
     start = time.time()
@@ -149,24 +149,30 @@ def run_demo(args: argparse.Namespace) -> int:
     else:
         with resources.as_file(resources.files("rmt") / "configs" / "demo.yaml") as path:
             config = _load_config(path, args)
-    rmt_config = TrainConfig.from_dict({**config.to_dict(), "out_dir": str(out / "rmt")})
-    print(f"[1/3] training the RMT: curriculum {[s.segments for s in rmt_config.stages()]} segments "
-          f"of {rmt_config.rmt['segment_size']} tokens, {rmt_config.rmt['num_mem_tokens']} memory tokens")
-    rmt_run = train(rmt_config)
+    runs = {}
+    for step, (name, memory) in enumerate((("rmt", "rmt"), ("armt", "armt")), start=1):
+        memory_config = TrainConfig.from_dict({**config.to_dict(), "out_dir": str(out / name),
+                                               "rmt": {**config.rmt, "memory": memory}})
+        print(f"[{step}/4] training the {name.upper()} ({memory!r} memory): curriculum "
+              f"{[s.segments for s in memory_config.stages()]} segments of {memory_config.rmt['segment_size']} tokens, "
+              f"{memory_config.rmt['num_mem_tokens']} memory tokens")
+        runs[name] = train(memory_config)
+    rmt_config = runs["rmt"].config
     first = rmt_config.stages()[0]
     baseline_config = TrainConfig.from_dict({**config.to_dict(), "out_dir": str(out / "baseline"),
                                              "rmt": {**config.rmt, "num_mem_tokens": 0},
                                              "curriculum": [{"segments": first.segments, "max_steps": first.max_steps}]})
-    print("[2/3] training the no-memory baseline (it sees only the last segment)")
-    baseline_run = train(baseline_config)
-    print(f"[3/3] evaluating at {args.segments} segments, {args.examples} examples each")
-    models = {"rmt": rmt_run.load_model(), "baseline": baseline_run.load_model()}
+    print("[3/4] training the no-memory baseline (it sees only the last segment)")
+    runs["baseline"] = train(baseline_config)
+    print(f"[4/4] evaluating at {args.segments} segments, {args.examples} examples each")
+    models = {name: run.load_model() for name, run in runs.items()}
     stages = rmt_config.stages()
     trained = sorted({n for s in stages for n in (range(1, s.segments + 1) if s.mix_shorter else [s.segments])})
-    extra = {"train_segments": trained, "curriculum": [s.segments for s in stages], "stages": rmt_run.stages,
+    extra = {"train_segments": trained, "curriculum": [s.segments for s in stages],
+             "stages": {name: runs[name].stages for name in ("rmt", "armt")},
              "baseline": "the same backbone without memory (num_mem_tokens=0), trained on 1 segment"}
     table = _evaluate_and_report(models, make_tasks(config), config, args.segments, args.examples, out, trained,
-                                 f"RMT vs no memory: {config.task}", extra)
+                                 f"RMT, ARMT and no memory: {config.task}", extra)
     seconds = time.time() - start
     results_file = out / "results.json"
     results = json.loads(results_file.read_text())
