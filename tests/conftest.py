@@ -40,7 +40,7 @@ BACKBONES = {"gpt2": tiny_gpt2, "llama": tiny_llama, "llama-sink": tiny_llama, "
 
 
 # every memory mechanism of the registry; a new one is tested by every invariant by being listed here
-MECHANISMS = ["rmt", "armt"]
+MECHANISMS = ["rmt", "armt", "mt"]
 
 
 def wrap(kind: str, mechanism: str = "rmt", **config) -> rmt.RecurrentMemoryTransformer:

@@ -41,6 +41,8 @@ def test_bptt_depth_limits_how_far_gradients_reach(kind, depth, connected, mecha
     norms = segment_input_grads(model, ids, labels_for(kind, ids))
     assert len(norms) == 5
     reached = [n > 0 for n in norms]
+    if not model.mechanism.carries_memory:  # a baseline whose memory does not cross segments
+        connected = 1
     assert reached == [False] * (5 - connected) + [True] * connected, norms
 
 

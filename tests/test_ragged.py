@@ -51,7 +51,8 @@ def test_padding_never_changes_memory(kind, mechanism):
     else:
         out = model(ids, attention_mask=mask, memory=start.memory, labels=ids.masked_fill(mask == 0, -100))
     torch.testing.assert_close(state_rows(out.memory, 1), state_rows(start.memory, 1), atol=0, rtol=0)
-    assert max_diff(state_rows(out.memory, 0), state_rows(start.memory, 0)) > 0
+    if model.mechanism.carries_memory:
+        assert max_diff(state_rows(out.memory, 0), state_rows(start.memory, 0)) > 0
     # the padded sample's ids do not matter at all
     other = ids.clone()
     other[1] = random_ids(1, 16, seed=5)

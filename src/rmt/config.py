@@ -64,7 +64,11 @@ class RMTConfig(DictConfig):
             (None: 64); keys then have 6 * d_mem features.
         num_memory_heads: ``"armt"`` only: heads of the associative matrix (None: 1).
         memory_layers: ``"armt"`` only: the layers (indices) that get an associative memory
-            (None: every layer).
+            (None: every layer). ``"mt"`` is the Memory Transformer baseline: memory tokens
+            before every segment, the same learned ones each time, nothing carried.
+        bidirectional_memory: decoders: every memory position sees all of its own block (read or
+            write; ARMT's memory tokens) while sequence tokens stay causal, as in the NeurIPS 2022
+            RMT (its Fig. 6(d)). Off by default (pretrained decoders were trained causal throughout).
     """
 
     num_mem_tokens: int = 10
@@ -79,6 +83,7 @@ class RMTConfig(DictConfig):
     d_mem: Optional[int] = None
     num_memory_heads: Optional[int] = None
     memory_layers: Optional[list[int]] = None
+    bidirectional_memory: bool = False
 
     def __post_init__(self) -> None:
         from .memory import MECHANISMS
@@ -107,6 +112,8 @@ class RMTConfig(DictConfig):
         for name in ("cls_token_id", "sep_token_id", "sink_token_id"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 0)
+        if not isinstance(self.bidirectional_memory, bool):
+            raise TypeError("RMTConfig.bidirectional_memory must be a bool")
         if not isinstance(self.gradient_checkpointing, bool):
             raise TypeError("RMTConfig.gradient_checkpointing must be a bool")
 

@@ -22,6 +22,9 @@ def _check(model: Any, max_new_tokens: Any, generate_kwargs: dict) -> None:
     if model.rmt_config.alignment != "left":
         raise ValueError("generate() writes memory as segments fill up from the left, which needs "
                          "RMTConfig(alignment='left'); with 'right' every new token would re-cut all segments")
+    if model.rmt_config.bidirectional_memory:
+        raise ValueError("generate() decodes with the backbone's causal KV cache, which cannot give memory blocks the "
+                         "bidirectional attention of bidirectional_memory=True; evaluate such models with forward()")
     if "max_length" in generate_kwargs:
         raise ValueError("pass max_new_tokens, not max_length: the input may be far longer than the backbone's context")
     if "min_length" in generate_kwargs:

@@ -98,6 +98,25 @@ def _special_ids(config: RMTConfig, base: nn.Module, is_causal: bool, vocab: int
     return dataclasses.replace(config, cls_token_id=int(cls_id), sep_token_id=int(sep_id)), [int(cls_id), int(sep_id)]
 
 
+@torch.no_grad()
+def _check_4d_masks(backbone: nn.Module, base: nn.Module, is_causal: bool, embeddings: nn.Embedding) -> None:
+    """bidirectional_memory needs a decoder that honours a 4-D attention mask: probe it on 3 positions."""
+    if not is_causal:
+        raise ValueError(f"bidirectional_memory is for decoders; {type(base).__name__} is an encoder, where every "
+                         "position already sees every other")
+    x = embeddings.weight[:3].detach().unsqueeze(0)  # (1, 3, d)
+    mask = torch.zeros(1, 1, 3, 3, dtype=x.dtype, device=x.device)  # position 0 may see 1 and 2: not causal
+    try:
+        causal = backbone(inputs_embeds=x, output_hidden_states=True, use_cache=False).hidden_states[-1]
+        full = backbone(inputs_embeds=x, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states[-1]
+    except Exception as err:  # noqa: BLE001 - any failure means the model does not take such masks
+        raise ValueError(f"bidirectional_memory needs a backbone that takes a 4-D attention mask; {type(base).__name__} "
+                         f"failed with one ({type(err).__name__}: {err})") from None
+    if torch.allclose(causal[:, 0], full[:, 0]):
+        raise ValueError(f"bidirectional_memory needs a backbone that honours a 4-D attention mask; "
+                         f"{type(base).__name__} ignored one")
+
+
 class RecurrentMemoryTransformer(transformers.PreTrainedModel):
     """Wrap a transformers model so it reads inputs of any length through a recurrent memory.
 
@@ -147,6 +166,8 @@ class RecurrentMemoryTransformer(transformers.PreTrainedModel):
                 f"{needed} positions but {type(base).__name__} has {limit}; the largest segment_size that fits is {fits}"
                 + ("" if fits > 0 else " (none: use fewer memory tokens)"))
 
+        if config.bidirectional_memory:
+            _check_4d_masks(backbone, base, is_causal, embeddings)
         super().__init__(RMTPretrainedConfig(rmt=config.to_dict(), backbone_class=type(base).__name__))
         self.rmt_config = config
         self.backbone = backbone

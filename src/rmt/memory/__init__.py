@@ -2,11 +2,12 @@
 
 from .associative import AssociativeMemory
 from .base import BackboneInfo, MemoryMechanism, SegmentInputs, State
-from .token import TokenMemory
+from .token import MemoryTransformer, TokenMemory
 
 MECHANISMS: dict[str, type[MemoryMechanism]] = {
     TokenMemory.name: TokenMemory,
     AssociativeMemory.name: AssociativeMemory,
+    MemoryTransformer.name: MemoryTransformer,
 }
 
 
@@ -17,4 +18,4 @@ def get_mechanism(name: str) -> type[MemoryMechanism]:
         raise ValueError(f"unknown memory mechanism {name!r}; known: {', '.join(sorted(MECHANISMS))}") from None
 
 
-__all__ = ["MECHANISMS", "AssociativeMemory", "BackboneInfo", "MemoryMechanism", "SegmentInputs", "State", "TokenMemory", "get_mechanism"]
+__all__ = ["MECHANISMS", "AssociativeMemory", "BackboneInfo", "MemoryMechanism", "MemoryTransformer", "SegmentInputs", "State", "TokenMemory", "get_mechanism"]

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import BackboneInfo, MemoryMechanism, Run, arrange, expand, take
+from .base import BackboneInfo, MemoryMechanism, Run, arrange, block_attention, expand, take
 from .token import scaled_memory
 
 NU = 3
@@ -122,6 +122,7 @@ class AssociativeMemory(MemoryMechanism):
         self.heads, self.d_key, self.d = heads, 2 * NU * d_mem, d
         self.sink = backbone.is_causal and backbone.num_special == 1
         self.token_start = int(self.sink) if backbone.is_causal else 1
+        self.bidirectional = config.bidirectional_memory
         self.initial_memory = scaled_memory(config.num_mem_tokens, backbone.embeddings)
 
     @classmethod
@@ -176,8 +177,11 @@ class AssociativeMemory(MemoryMechanism):
     def segment(self, run: Run, embeds: torch.Tensor, lengths: torch.Tensor, state: AssociativeState,
                 specials: Optional[torch.Tensor]) -> tuple[Any, AssociativeState]:
         seg = self._layout(embeds, lengths, specials)
+        mask = seg.attention_mask
+        if self.bidirectional and self.num_mem_tokens:
+            mask = block_attention(mask, [seg.after], self.num_mem_tokens, embeds.dtype)
         with self._hooks(state, seg.after) as written:
-            out = run(inputs_embeds=seg.inputs_embeds, attention_mask=seg.attention_mask)
+            out = run(inputs_embeds=seg.inputs_embeds, attention_mask=mask)
         if not self.num_mem_tokens:  # nothing to write from
             return out, state
         matrix = torch.stack([A for A, _ in written], dim=1)  # (b, L, H, k, v)

@@ -77,6 +77,22 @@ def arrange(before: list[torch.Tensor], embeds: torch.Tensor, lengths: torch.Ten
     return SegmentInputs(x, mask, p + lengths)
 
 
+def block_attention(mask: torch.Tensor, starts: list[torch.Tensor], count: int, dtype: torch.dtype) -> torch.Tensor:
+    """A 4-D additive attention mask (b, 1, L, L): causal, padding masked out, and within each memory
+    block (`count` positions from each row's start (b,)) every position sees every other (the
+    NeurIPS 2022 RMT's attention inside read and write memory blocks, its Fig. 6(d))."""
+    b, L = mask.shape
+    pos = torch.arange(L, device=mask.device)
+    allowed = (pos.view(1, L, 1) >= pos.view(1, 1, L)).expand(b, L, L).clone()  # causal: query >= key
+    for start in starts:
+        inside = (pos.view(1, -1) >= start.view(-1, 1)) & (pos.view(1, -1) < start.view(-1, 1) + count)  # (b, L)
+        allowed |= inside.unsqueeze(2) & inside.unsqueeze(1)
+    allowed &= mask.bool().unsqueeze(1)  # no query sees padding
+    allowed |= torch.eye(L, dtype=torch.bool, device=mask.device)  # a padding query sees itself (no empty rows)
+    additive = torch.zeros(b, 1, L, L, dtype=dtype, device=mask.device)
+    return additive.masked_fill(~allowed.unsqueeze(1), torch.finfo(dtype).min)
+
+
 def take(hidden: torch.Tensor, start: torch.Tensor, count: int) -> torch.Tensor:
     """hidden (b, L, d) -> (b, count, d) from each row's own `start` (b,)."""
     idx = start.view(-1, 1) + torch.arange(count, device=hidden.device).view(1, -1)  # (b, count)
@@ -87,6 +103,7 @@ class MemoryMechanism(nn.Module):
     """Base class of the memory mechanisms (see the module docstring for the contract)."""
 
     name: ClassVar[str]
+    carries_memory: ClassVar[bool] = True  # False for baselines whose memory does not cross segments
     token_start: int  # where the tokens start in every laid-out row (the LM head projects from here)
 
     def __init__(self, config: Any, backbone: BackboneInfo):
