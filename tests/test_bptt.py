@@ -4,7 +4,6 @@ import pytest
 import torch
 from conftest import VOCAB, labels_for, random_ids, wrap
 
-
 ATOL = 1e-5
 
 # 3. BPTT

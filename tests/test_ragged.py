@@ -4,7 +4,6 @@ import pytest
 import torch
 from conftest import labels_for, max_diff, random_ids, state_rows, wrap
 
-
 ATOL = 1e-5
 
 # 4. ragged batches

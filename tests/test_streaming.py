@@ -3,7 +3,6 @@
 import torch
 from conftest import random_ids, wrap
 
-
 ATOL = 1e-5
 
 # 6. streaming

@@ -69,6 +69,9 @@ class RMTConfig(DictConfig):
         bidirectional_memory: decoders: every memory position sees all of its own block (read or
             write; ARMT's memory tokens) while sequence tokens stay causal, as in the NeurIPS 2022
             RMT (its Fig. 6(d)). Off by default (pretrained decoders were trained causal throughout).
+        xl_cache: decoders: each segment also attends to the cached keys and values of the previous
+            ``xl_cache`` token positions (Transformer-XL; never backpropagated). With
+            ``num_mem_tokens=0`` the Tr-XL baseline, with token memory Tr-XL + RMT. None: no cache.
     """
 
     num_mem_tokens: int = 10
@@ -84,6 +87,7 @@ class RMTConfig(DictConfig):
     num_memory_heads: Optional[int] = None
     memory_layers: Optional[list[int]] = None
     bidirectional_memory: bool = False
+    xl_cache: Optional[int] = None
 
     def __post_init__(self) -> None:
         from .memory import MECHANISMS
@@ -112,6 +116,8 @@ class RMTConfig(DictConfig):
         for name in ("cls_token_id", "sep_token_id", "sink_token_id"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 0)
+        if self.xl_cache is not None:
+            _check_int("xl_cache", self.xl_cache, 1)
         if not isinstance(self.bidirectional_memory, bool):
             raise TypeError("RMTConfig.bidirectional_memory must be a bool")
         if not isinstance(self.gradient_checkpointing, bool):

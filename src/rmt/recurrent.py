@@ -22,7 +22,7 @@ from . import checks, schedule
 from .config import RMTConfig
 from .generation import generate
 from .heads import HiddenHead, SequenceHead, StepOutput, head_for
-from .memory import BackboneInfo, MemoryMechanism, State, get_mechanism
+from .memory import BackboneInfo, MemoryMechanism, State, extra_positions, get_mechanism, wrap_with_cache
 from .outputs import RMTOutput, RMTStreamOutput
 from .saving import RMTPretrainedConfig, load, save, unsaved_keys
 from .streaming import stream
@@ -157,13 +157,15 @@ class RecurrentMemoryTransformer(transformers.PreTrainedModel):
                              "causal LM (answer as text) or an encoder (BERT-like) classifier")
         config, special = _special_ids(config, base, is_causal, embeddings.num_embeddings)
         mechanism_cls = get_mechanism(config.memory)
-        needed = config.segment_size + mechanism_cls.extra_positions(config, is_causal)
+        if config.xl_cache and not is_causal:
+            raise ValueError(f"xl_cache is for decoders; {type(base).__name__} is an encoder")
+        needed = config.segment_size + extra_positions(config, is_causal)
         limit = _max_positions(base.config)
         if limit is not None and needed > limit:
             fits = limit - (needed - config.segment_size)
             raise ValueError(
                 f"segment_size={config.segment_size} with {config.num_mem_tokens} memory tokens ({config.memory!r}) needs "
-                f"{needed} positions but {type(base).__name__} has {limit}; the largest segment_size that fits is {fits}"
+                f"{needed} positions" + (f" (with an XL cache of {config.xl_cache})" if config.xl_cache else "") + f" but {type(base).__name__} has {limit}; the largest segment_size that fits is {fits}"
                 + ("" if fits > 0 else " (none: use fewer memory tokens)"))
 
         if config.bidirectional_memory:
@@ -175,7 +177,7 @@ class RecurrentMemoryTransformer(transformers.PreTrainedModel):
         self.head = head
         self.gradient_checkpointing = config.gradient_checkpointing
         info = BackboneInfo(backbone, base, is_causal, embeddings.embedding_dim, embeddings, len(special))
-        self.mechanism: MemoryMechanism = mechanism_cls(config, info)
+        self.mechanism: MemoryMechanism = wrap_with_cache(mechanism_cls(config, info), config, info)
         self.register_buffer("special_ids", torch.tensor(special, dtype=torch.long, device=embeddings.weight.device),
                              persistent=False)
 

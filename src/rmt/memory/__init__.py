@@ -3,6 +3,7 @@
 from .associative import AssociativeMemory
 from .base import BackboneInfo, MemoryMechanism, SegmentInputs, State
 from .token import MemoryTransformer, TokenMemory
+from .xl import XLCache, XLState, wrap_with_cache
 
 MECHANISMS: dict[str, type[MemoryMechanism]] = {
     TokenMemory.name: TokenMemory,
@@ -18,4 +19,9 @@ def get_mechanism(name: str) -> type[MemoryMechanism]:
         raise ValueError(f"unknown memory mechanism {name!r}; known: {', '.join(sorted(MECHANISMS))}") from None
 
 
-__all__ = ["MECHANISMS", "AssociativeMemory", "BackboneInfo", "MemoryMechanism", "MemoryTransformer", "SegmentInputs", "State", "TokenMemory", "get_mechanism"]
+def extra_positions(config: object, is_causal: bool) -> int:
+    """Positions a segment takes besides its tokens: the mechanism's layout, and the XL cache if any."""
+    return get_mechanism(config.memory).extra_positions(config, is_causal) + (config.xl_cache or 0)
+
+
+__all__ = ["extra_positions", "MECHANISMS", "AssociativeMemory", "BackboneInfo", "MemoryMechanism", "MemoryTransformer", "XLCache", "XLState", "wrap_with_cache", "SegmentInputs", "State", "TokenMemory", "get_mechanism"]

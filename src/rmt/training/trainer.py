@@ -39,7 +39,7 @@ from ..backbones import backbone_tokenizer, build_backbone, load_backbone
 from ..config import RMTConfig
 from ..data import load_tokenizer
 from ..evaluation.by_length import evaluate
-from ..memory import get_mechanism
+from ..memory import extra_positions
 from ..recurrent import RecurrentMemoryTransformer
 from ..tasks import get_task
 from ..tasks.base import Task
@@ -147,7 +147,7 @@ def _backbone(config: TrainConfig) -> tuple[Any, RMTConfig, TaskFactory]:
         rmt_args["sink_token_id"] = int(tok.bos_token_id)
     rmt_config = RMTConfig.from_dict(rmt_args)
     if not isinstance(config.backbone, str):
-        positions = get_mechanism(rmt_config.memory).extra_positions(rmt_config, is_causal)
+        positions = extra_positions(rmt_config, is_causal)
         backbone = build_backbone(config.backbone, task.kind, vocab_size=len(tok), num_labels=task.num_labels,
                                   max_positions=rmt_config.segment_size + positions, special_ids=special)
     return backbone, rmt_config, tasks

@@ -1,0 +1,88 @@
+"""The Transformer-XL cache: the whole input at once when it holds everything, exact rotary
+distances when it does not, token positions only, and no gradient into the cache."""
+
+import warnings
+
+import pytest
+import torch
+from conftest import random_ids, tiny_gpt2, tiny_llama, wrap
+from transformers import DynamicCache
+
+import rmt
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_a_cache_as_long_as_the_input_reads_like_the_whole_input_at_once(kind):
+    model = wrap(kind, num_mem_tokens=0, xl_cache=32)
+    ids = random_ids(2, 27)
+    out = model(ids, labels=ids)
+    ref = model.backbone(ids, labels=ids)
+    torch.testing.assert_close(out.logits, ref.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=0)
+    mask = torch.ones_like(ids)
+    mask[1, :10] = 0  # a ragged batch: each sample as the backbone reads it alone
+    ragged = model(ids, attention_mask=mask)
+    alone = model.backbone(ids[1:, 10:]).logits
+    torch.testing.assert_close(ragged.logits[1:, 10:], alone, atol=1e-5, rtol=0)
+    assert out.memory.length.tolist() == [27, 27]  # token positions only
+
+
+def test_rotary_keys_are_rebased_so_distances_stay_exact():
+    """A cache of one segment on Llama equals a reference with global positions (0, 1, 2, ... over the
+    whole input, nothing re-based): rotary attention depends only on distances."""
+    model = wrap("llama", num_mem_tokens=0, xl_cache=8)
+    ids = random_ids(1, 24)
+    ours = model(ids).logits
+    bb, s = model.backbone, 8
+    pieces, cache = [], None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for k in range(3):
+            seg = ids[:, k * s : (k + 1) * s]
+            past = 0 if cache is None else 8
+            out = bb(seg, position_ids=torch.arange(k * s, (k + 1) * s).view(1, -1), use_cache=True,
+                     past_key_values=cache, attention_mask=torch.ones(1, past + s, dtype=torch.long))
+            pieces.append(out.logits)
+            layers = out.past_key_values.layers
+            cache = DynamicCache(ddp_cache_data=[(l.keys[:, :, -s:], l.values[:, :, -s:]) for l in layers])
+    torch.testing.assert_close(ours, torch.cat(pieces, dim=1), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_no_gradient_reaches_a_cached_segment(kind):
+    model = wrap(kind, num_mem_tokens=0, xl_cache=8)
+    embeds = []
+
+    def keep(module, inputs, output) -> None:
+        output.retain_grad()
+        embeds.append(output)
+
+    hook = model.backbone.get_input_embeddings().register_forward_hook(keep)
+    ids = random_ids(1, 16)
+    labels = ids.clone()
+    labels[:, :9] = -100  # only the second segment's own predictions
+    model(ids, labels=labels).loss.backward()
+    hook.remove()
+    first, second = [e for e in embeds if e.shape[1] == 8]
+    assert first.grad is None or float(first.grad.abs().sum()) == 0.0
+    assert float(second.grad.abs().sum()) > 0
+
+
+def test_the_position_check_counts_the_cache():
+    ok = rmt.RecurrentMemoryTransformer(tiny_gpt2(64), rmt.RMTConfig(num_mem_tokens=4, segment_size=8, xl_cache=48))
+    assert ok.rmt_config.xl_cache == 48
+    with pytest.raises(ValueError, match=r"needs 65 positions \(with an XL cache of 49\).*largest segment_size that fits is 7"):
+        rmt.RecurrentMemoryTransformer(tiny_gpt2(64), rmt.RMTConfig(num_mem_tokens=4, segment_size=8, xl_cache=49))
+    with pytest.raises(ValueError, match="for decoders"):
+        wrap("bert", xl_cache=8)
+
+
+def test_xl_with_memory_and_errors():
+    model = wrap("llama", num_mem_tokens=4, xl_cache=12)
+    state = model(random_ids(2, 20)).memory
+    assert state.inner.shape == (2, 4, 32) and state.keys.shape == (2, 2, 2, 12, 8)
+    assert state.length.tolist() == [12, 12]
+    with pytest.raises(ValueError, match="xl_cache is not supported yet"):
+        model.generate(random_ids(1, 5), max_new_tokens=2)
+    with pytest.raises(ValueError):
+        rmt.RecurrentMemoryTransformer(tiny_llama(), rmt.RMTConfig(xl_cache=0))
