@@ -133,3 +133,29 @@ def test_the_callers_config_is_not_changed():
     model = rmt.RecurrentMemoryTransformer(backbone, config)
     assert config.cls_token_id is None and config.sep_token_id is None  # resolved on the model's own copy
     assert model.rmt_config.cls_token_id is not None
+
+
+def test_push_to_hub_uploads_a_folder_that_loads(tmp_path, monkeypatch):
+    """Users with network push with transformers' own push_to_hub; here the hub is a local folder."""
+    import shutil
+
+    from transformers.utils import hub
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            return type("Repo", (), {"repo_id": repo_id})()
+
+    uploaded = tmp_path / "hub"
+
+    def fake_upload(self, folder, repo_id, **kwargs):
+        shutil.copytree(folder, uploaded)
+        return repo_id
+
+    monkeypatch.setattr(hub, "hf_api", lambda: FakeApi())
+    monkeypatch.setattr(hub, "create_and_tag_model_card", lambda *a, **k: type("Card", (), {"save": lambda self, p: None})())
+    monkeypatch.setattr(type(wrap("gpt2")), "_upload_modified_files", fake_upload)
+    model = wrap("gpt2", "armt")
+    assert model.push_to_hub("someone/armt-tiny") == "someone/armt-tiny"
+    loaded = rmt.RecurrentMemoryTransformer.from_pretrained(uploaded)
+    ids = random_ids(1, 13)
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=0, rtol=0)

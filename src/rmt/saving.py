@@ -183,7 +183,7 @@ def load(cls: Any, path: Any, backbone: Optional[Any], kwargs: dict) -> Any:
         _load_into(model, _read_tensors(folder / WEIGHTS_NAME), folder / WEIGHTS_NAME, partial=False)
     if dtype is not None:
         model.to(dtype)
-    return model
+    return model.eval()  # as transformers' from_pretrained: dropout off until .train()
 
 
 def _load_into(model: Any, tensors: dict[str, torch.Tensor], file: Path, partial: bool) -> None:
