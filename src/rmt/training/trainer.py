@@ -31,6 +31,7 @@ import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
@@ -110,12 +111,15 @@ def build_model(config: TrainConfig) -> tuple[RecurrentMemoryTransformer, TaskFa
 
 def load_trained(config: TrainConfig, path: Any) -> RecurrentMemoryTransformer:
     """A model saved by a run of `config`; a LoRA run's adapter is loaded over a freshly built base."""
-    if not config.lora:
-        return RecurrentMemoryTransformer.from_pretrained(path)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)  # a random-init base is rebuilt with the weights the run started from
-        base, _, _ = _backbone(config)
-    return RecurrentMemoryTransformer.from_pretrained(path, backbone=base)
+    try:
+        if not config.lora:
+            return RecurrentMemoryTransformer.from_pretrained(path)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)  # a random-init base is rebuilt with the weights the run started from
+            base, _, _ = _backbone(config)
+        return RecurrentMemoryTransformer.from_pretrained(path, backbone=base)
+    except SafetensorError as err:  # its message names no file
+        raise ValueError(f"the model in {path} is damaged ({err}); train the stage again or restore the folder") from None
 
 
 def _backbone(config: TrainConfig) -> tuple[Any, RMTConfig, TaskFactory]:
