@@ -31,7 +31,7 @@ CONFIG = {
                  "intermediate_size": 16, "hidden_dropout_prob": 0.1},  # dropout: the RNG state must survive too
     "rmt": {"num_mem_tokens": 2, "segment_size": 64}, "curriculum": [1, 2], "steps_per_stage": 4, "mix_shorter": True,
     "batch_size": 2, "gradient_accumulation_steps": 2, "eval_every": 1, "eval_examples": 2, "eval_batch_size": 2,
-    "save_every": 1,
+    "save_every": 1, "metric": "loss",  # the loss improves at most evaluations: best/ is replaced often
 }
 KILLED = -signal.SIGKILL
 
@@ -134,12 +134,12 @@ def test_kills_inside_every_write_resume_to_the_same_weights(trainer, reference,
 def test_kills_at_random_moments_resume_to_the_same_weights(trainer, reference, tmp_path):
     rng = random.Random(1)
     seconds = reference[1]
-    kills = []
-    for i in range(2):
-        out = tmp_path / f"run{i}"
-        kills += _kill_until_done(trainer, out, lambda: ("", rng.uniform(0.05, seconds)))
+    kills, runs = [], 0
+    while len(kills) < 10:
+        runs += 1
+        out = tmp_path / f"run{runs}"
+        kills += _kill_until_done(trainer, out, lambda: ("", rng.uniform(0.05, 0.8 * seconds)))
         assert_same(result(out), reference[0])
-    assert len(kills) >= 8, kills
 
 
 def test_a_killed_rmt_train_command_resumes_to_the_same_weights(reference, tmp_path):

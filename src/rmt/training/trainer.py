@@ -182,16 +182,14 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True,
     transformers.utils.logging.disable_progress_bar()  # one bar per stage is enough
     # several processes without CUDA (torchrun on CPUs): accelerate must be told to use gloo on the CPU
     cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if config.mixed_precision != "no" and not torch.cuda.is_available():
+        raise ValueError(f"mixed_precision={config.mixed_precision} needs a CUDA GPU and this machine has none (on the "
+                         "CPU it would be ignored); use mixed_precision=no")
     accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with="tensorboard",
                               project_dir=str(out / "logs"), cpu=cpu_processes)
-    if config.mixed_precision != "no" and accelerator.device.type == "cpu":
-        raise ValueError(f"mixed_precision={config.mixed_precision} needs a GPU and this run is on the CPU, where "
-                         "it would be ignored; use mixed_precision=no")
     set_seed(config.seed)
     model, tasks = build_model(config)
-    metrics = metric_names(tasks(config.stages()[0].segments))
-    if config.metric not in metrics:
-        raise ValueError(f"metric {config.metric!r} is not one of task {config.task!r}'s metrics: {', '.join(metrics)}")
+    _check_tasks(config, tasks)
 
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -222,6 +220,17 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True,
     return TrainResult(out, state["stages"], config)
 
 
+def _check_tasks(config: TrainConfig, tasks: TaskFactory) -> None:
+    """Every input length the curriculum uses can be made, and the task reports `config.metric`."""
+    stages = config.stages()
+    lengths = {s.segments for s in stages} | ({1} if any(s.mix_shorter for s in stages) else set())
+    for n in sorted(lengths):
+        tasks(n).example(0, "train")
+    metrics = metric_names(tasks(stages[0].segments))
+    if config.metric not in metrics:
+        raise ValueError(f"metric {config.metric!r} is not one of task {config.task!r}'s metrics: {', '.join(metrics)}")
+
+
 def _start(out: Path, config: TrainConfig, resume: bool, accelerator: Accelerator) -> dict[str, Any]:
     """The finished stages of the run in `out` (none for a new run, whose config is written now)."""
     config_file = out / CONFIG_NAME
@@ -232,7 +241,7 @@ def _start(out: Path, config: TrainConfig, resume: bool, accelerator: Accelerato
         return {"stages": []}
     if not resume:
         raise ValueError(f"{out} already holds a run; resume it, or choose another out_dir")
-    if TrainConfig.from_dict(read_json(config_file)).to_dict() != config.to_dict():
+    if _same_run(TrainConfig.from_dict(read_json(config_file))) != _same_run(config):
         raise ValueError(f"{out} holds a run with a different config; resume it with the same config or use another out_dir")
     state = read_state(out)
     for stage in state["stages"]:
@@ -240,10 +249,15 @@ def _start(out: Path, config: TrainConfig, resume: bool, accelerator: Accelerato
     return state
 
 
+def _same_run(config: TrainConfig) -> dict[str, Any]:
+    """What must match to resume a run: all but where its folder is (a moved run resumes)."""
+    return {k: v for k, v in config.to_dict().items() if k != "out_dir"}
+
+
 def _check_finite(what: str, value: float, stage: int, step: int) -> None:
     if not math.isfinite(value):
-        raise TrainingDiverged(f"stage {stage}, step {step}: {what} is {value}; nothing of this step is kept (lower "
-                               "learning_rate, or set max_grad_norm)")
+        raise TrainingDiverged(f"stage {stage}, step {step}: {what} is {value}; nothing of this step is kept "
+                               "(lower learning_rate or max_grad_norm)")
 
 
 def _train_stage(accelerator: Accelerator, config: TrainConfig, model: RecurrentMemoryTransformer,
