@@ -39,15 +39,19 @@ def test_state_holds_paths_relative_to_the_run(finished):
     assert [s["best_dir"] for s in stages] == ["stage-1-1seg/best", "stage-2-2seg/best"]
 
 
-def test_a_moved_run_is_evaluated_from_any_directory(finished, tmp_path, capsys, monkeypatch):
-    moved = tmp_path / "elsewhere" / "run"
-    shutil.copytree(finished, moved)
-    decoy = tmp_path / "cwd"  # a folder holding another model at the same relative path
-    shutil.copytree(finished / "stage-2-2seg", decoy / "stage-2-2seg")
-    (decoy / "stage-2-2seg" / "best" / "memory.safetensors").write_bytes(b"not this one")
-    monkeypatch.chdir(decoy)
-    assert main(["eval", str(moved), "--segments", "1", "--examples", "2", "--out", str(tmp_path / "eval")]) == 0
-    assert json.loads((tmp_path / "eval" / "results.json").read_text())["rmt_accuracy"]
+def test_a_moved_run_is_evaluated_from_any_directory(tmp_path, capsys, monkeypatch):
+    """Trained with a relative --out, moved, evaluated from a directory holding another model at the
+    same relative path: the run's own model is read."""
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    train(tiny_config(Path("run"), **{**SMALL, "curriculum": [1], "steps_per_stage": 1}), progress=False)
+    shutil.move(tmp_path / "a" / "run", tmp_path / "moved")
+    decoy = tmp_path / "b" / "run" / "stage-1-1seg" / "best"
+    shutil.copytree(tmp_path / "moved" / "stage-1-1seg" / "best", decoy)
+    (decoy / "memory.safetensors").write_bytes(b"not this model")
+    monkeypatch.chdir(tmp_path / "b")
+    assert main(["eval", str(tmp_path / "moved"), "--segments", "1", "--examples", "2", "--out", "eval"]) == 0
+    assert json.loads((tmp_path / "b" / "eval" / "results.json").read_text())["rmt_accuracy"]
 
 
 def test_old_absolute_paths_in_state_json_are_read_against_the_run(finished, tmp_path):

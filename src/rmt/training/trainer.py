@@ -2,18 +2,22 @@
 accumulation come from it; `accelerate launch --num_processes 2 --cpu -m rmt.cli train ...`).
 
 The loop is short on purpose. What makes it resumable exactly: batch ``t`` of a stage is a pure
-function of ``(seed, stage, t, process)`` (tasks generate example ``i`` from a seed), and a
-checkpoint holds the model, optimizer, schedule and RNG states (`Accelerator.save_state`) plus the
-stage's progress; `state.json` records the finished stages.
+function of ``(seed, stage, t, process)`` (tasks generate example ``i`` from a seed), every stage
+starts from the same RNG state, and a checkpoint holds the model, optimizer, schedule and RNG
+states (`Accelerator.save_state`) plus the stage's progress; `state.json` records the finished
+stages. A run killed at any moment (SIGKILL included) resumes to the weights it would have had:
+every file is replaced atomically (`checkpoint`, `run_dir`), and `tests/test_faults.py` kills runs
+inside every write to hold that.
 
-Run directory::
+Run directory (paths inside are relative to it: it can be moved)::
 
     out_dir/
+      lock                               pid of the `train` using the folder (flock; a dead one's is taken over)
       train_config.json
-      state.json                   finished stages, their best metric and checkpoint
-      stage-1-1seg/checkpoint/     latest state of the running stage (for resume)
-      stage-1-1seg/best/           best model of the stage (RecurrentMemoryTransformer.save_pretrained)
-      logs/                        TensorBoard
+      state.json                         finished stages, their best metric and checkpoint
+      stage-1-1seg/checkpoints/step-N/   the last two states of the running stage (for resume), with a manifest
+      stage-1-1seg/best/                 best model of the stage (RecurrentMemoryTransformer.save_pretrained)
+      logs/                              TensorBoard
 """
 
 from __future__ import annotations
