@@ -130,7 +130,7 @@ def test_two_trains_on_one_folder_one_refused(tmp_path):
                                 capture_output=True, text=True, env=env)
     assert second.returncode == 2
     assert second.stderr.strip().splitlines() == [
-        f"rmt train: error: [Errno 11] {out} is in use by another `rmt train` (pid {os.getpid()}); "
+        f"rmt train: error: {out} is in use by another `rmt train` (pid {os.getpid()}); "
         "wait for it to finish or choose another output folder"]
 
 

@@ -117,8 +117,8 @@ class RunLock:
                 raise
             owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise RunLocked(errno.EAGAIN, f"{self.path.parent} is in use by another `rmt train` (pid {owner}); "
-                                          "wait for it to finish or choose another output folder") from None
+            raise RunLocked(f"{self.path.parent} is in use by another `rmt train` (pid {owner}); "
+                            "wait for it to finish or choose another output folder") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd

@@ -238,7 +238,9 @@ def _check_tasks(config: TrainConfig, tasks: TaskFactory) -> None:
 def _start(out: Path, config: TrainConfig, resume: bool, accelerator: Accelerator) -> dict[str, Any]:
     """The finished stages of the run in `out` (none for a new run, whose config is written now)."""
     config_file = out / CONFIG_NAME
-    if not config_file.is_file():
+    new_run = not config_file.is_file()
+    accelerator.wait_for_everyone()  # every process has looked before the main one writes
+    if new_run:
         if accelerator.is_main_process:
             write_json_atomic(config_file, config.to_dict())
         accelerator.wait_for_everyone()
@@ -248,8 +250,10 @@ def _start(out: Path, config: TrainConfig, resume: bool, accelerator: Accelerato
     if _same_run(TrainConfig.from_dict(read_json(config_file))) != _same_run(config):
         raise ValueError(f"{out} holds a run with a different config; resume it with the same config or use another out_dir")
     state = read_state(out)
-    for stage in state["stages"]:
-        recover_dir(Path(stage["best_dir"]))
+    if accelerator.is_main_process:
+        for stage in state["stages"]:
+            recover_dir(Path(stage["best_dir"]))
+    accelerator.wait_for_everyone()
     return state
 
 
@@ -275,7 +279,9 @@ def _train_stage(accelerator: Accelerator, config: TrainConfig, model: Recurrent
     # the schedule is not prepared: accelerate would step it once per process, since it expects
     # each process to see 1/N of an epoch; here every process takes a share of every batch
     model, optimizer = accelerator.prepare(model, optimizer)
-    recover_dir(best_dir)
+    if accelerator.is_main_process:
+        recover_dir(best_dir)  # a crash while best/ was being replaced
+    accelerator.wait_for_everyone()
     info = load_checkpoint(accelerator, stage_dir) or {"step": 0, "best": None, "best_step": None, "stopped_early": False}
     with warnings.catch_warnings():  # the optimizer has stepped, in the run being resumed
         warnings.simplefilter("ignore", UserWarning)
