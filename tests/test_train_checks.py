@@ -7,7 +7,7 @@ import pytest
 from test_training import TINY, tiny_config
 
 from rmt.training import TrainConfig, train
-from rmt.training.trainer import TrainingDiverged
+from rmt.training import TrainingDiverged
 
 ONE_STAGE = {"curriculum": [1], "steps_per_stage": 3, "eval_every": 1, "save_every": 1}
 

@@ -12,6 +12,7 @@ import yaml
 
 from ..config import DictConfig
 from .curriculum import Stage, parse_curriculum
+from .run_dir import write_json_atomic
 
 # which way is better, for the metrics the tasks report (`rmt.evaluation.metric_names`)
 GREATER_IS_BETTER = {"accuracy": True, "exact_match": True, "token_accuracy": True,
@@ -134,7 +135,8 @@ class TrainConfig(DictConfig):
         return cls.from_dict(apply_overrides(data, overrides))
 
     def save(self, path: Union[str, Path]) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write the config as JSON, atomically (a crash leaves the old file or the new one)."""
+        write_json_atomic(path, self.to_dict())
 
 
 def apply_overrides(data: dict[str, Any], overrides: tuple[str, ...]) -> dict[str, Any]:

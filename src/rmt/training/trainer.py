@@ -50,8 +50,7 @@ from .checkpoint import load_checkpoint, remove_checkpoints, save_checkpoint
 from .config import TrainConfig
 from .curriculum import Stage
 from .faults import fault_point
-from .run_dir import (CONFIG_NAME, RunLock, read_json, read_state, recover_dir, replace_dir, stage_name, write_json_atomic,
-                      write_state)
+from .run_dir import CONFIG_NAME, RunLock, read_json, read_state, recover_dir, replace_dir, stage_name, write_state
 
 
 class TrainingInterrupted(RuntimeError):
@@ -242,7 +241,7 @@ def _start(out: Path, config: TrainConfig, resume: bool, accelerator: Accelerato
     accelerator.wait_for_everyone()  # every process has looked before the main one writes
     if new_run:
         if accelerator.is_main_process:
-            write_json_atomic(config_file, config.to_dict())
+            config.save(config_file)
         accelerator.wait_for_everyone()
         return {"stages": []}
     if not resume:
