@@ -289,6 +289,7 @@ def _train_stage(accelerator: Accelerator, config: TrainConfig, model: Recurrent
     better: Callable[[float, Optional[float]], bool] = lambda new, old: old is None or (
         new > old if config.greater_is_better else new < old)
     clip = config.max_grad_norm if config.max_grad_norm is not None else math.inf  # inf: measured, never clipped
+    trained = [p for p in model.parameters() if p.requires_grad]  # what a step can blow up
     eval_task = tasks(stage.segments)
     bar = tqdm(total=stage.max_steps, initial=info["step"], desc=f"stage {index + 1}: {stage.segments} segment(s)",
                disable=not (progress and accelerator.is_local_main_process))
@@ -312,7 +313,7 @@ def _train_stage(accelerator: Accelerator, config: TrainConfig, model: Recurrent
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
-        weight_norm = float(torch.stack([p.detach().norm() for p in model.parameters()]).norm())
+        weight_norm = float(torch.stack([p.detach().norm() for p in trained]).norm())
         _check_finite("the norm of the weights", weight_norm, index + 1, step + 1)
         info["step"] = step = step + 1
         bar.update(1)
