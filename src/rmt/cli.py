@@ -6,6 +6,12 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+import yaml
+from safetensors import SafetensorError
+
+# bad input, a missing package, a file that cannot be read or written: one line, exit code 2
+USER_ERRORS = (ValueError, TypeError, ImportError, OSError, yaml.YAMLError, SafetensorError)
+
 
 def build_parser() -> argparse.ArgumentParser:
     from .analysis import cli as flops_cli
@@ -27,8 +33,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         result = args.func(args)
-    except (ValueError, FileNotFoundError, TypeError, ImportError) as err:  # bad input or a missing package: one line
-        print(f"rmt {args.command}: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        print(f"rmt {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     return int(result or 0)
 

@@ -34,8 +34,19 @@ def evaluate_models(models: Mapping[str, RecurrentMemoryTransformer], task: Task
             predictions[name] += preds
             loss_sums[name] += loss * len(chunk)
         kept += [task.scoring_view(ex) for ex in chunk]
-    return {name: {**task.score(predictions[name], kept), "loss": loss_sums[name] / max(len(kept), 1)}
+    return {name: {**task.score(predictions[name], kept), **_loss_metrics(task, loss_sums[name] / max(len(kept), 1))}
             for name in models}
+
+
+def _loss_metrics(task: Task, loss: float) -> dict[str, float]:
+    """The mean loss, and what a task derives from it (language modelling: perplexity, bits per token)."""
+    derive = getattr(task, "loss_metrics", None)
+    return derive(loss) if derive is not None else {"loss": loss}
+
+
+def metric_names(task: Task) -> list[str]:
+    """The metrics `evaluate` reports for `task`, known before anything is evaluated."""
+    return sorted({*task.score([], []), *_loss_metrics(task, 0.0)})
 
 
 def evaluate(model: RecurrentMemoryTransformer, task: Task, num_examples: int, batch_size: int = 32,

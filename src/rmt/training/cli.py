@@ -26,6 +26,16 @@ def _segments(text: str) -> list[int]:
     return values
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train an RMT through a curriculum", description=run_train.__doc__)
     p.add_argument("config", help="YAML or JSON config file (keys: see rmt.training.TrainConfig)")
@@ -41,7 +51,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", action="append", default=[], metavar="NAME=RUN_DIR",
                    help="another run to compare with (e.g. a no-memory model), repeatable")
     p.add_argument("--segments", type=_segments, default=list(DEFAULT_EVAL_SEGMENTS), help="comma list of segment counts")
-    p.add_argument("--examples", type=int, default=200, help="examples per length")
+    p.add_argument("--examples", type=_positive, default=200, help="examples per length")
     p.add_argument("--batch-size", type=int, help="examples per batch (default: the run's eval_batch_size); memory "
                    "holds one batch, so lower it for inputs of millions of tokens")
     p.add_argument("--out", help="where to write results.json and the plot (default: the run directory)")
@@ -54,7 +64,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--backbone", metavar="NAME_OR_PATH", help=BACKBONE_HELP)
     p.add_argument("--segments", type=_segments, default=list(DEFAULT_EVAL_SEGMENTS), help="evaluation segment counts")
-    p.add_argument("--examples", type=int, default=200, help="evaluation examples per length")
+    p.add_argument("--examples", type=_positive, default=200, help="evaluation examples per length")
     p.set_defaults(func=run_demo)
 
 
@@ -78,16 +88,20 @@ def _load_config(path, args: argparse.Namespace, extra: tuple[str, ...] = ()) ->
 
 
 def _run_config(run: Path) -> TrainConfig:
-    path = run / "train_config.json"
+    from .run_dir import CONFIG_NAME, read_json
+
+    path = run / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: give a run directory written by `rmt train`")
-    return TrainConfig.load(path)
+    return TrainConfig.from_dict(read_json(path))
 
 
 def run_eval(args: argparse.Namespace) -> int:
     """Evaluate trained runs at many input lengths; print a table, write results.json and a plot."""
     from .trainer import make_tasks
 
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     run = Path(args.run)
     config = _run_config(run)
     models = {"rmt": _load_best(run)}
@@ -97,8 +111,6 @@ def run_eval(args: argparse.Namespace) -> int:
             raise ValueError(f"--baseline takes NAME=RUN_DIR, got {item!r}")
         _run_config(Path(path))
         models[name] = _load_best(Path(path))
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     out = Path(args.out or run)
     out.mkdir(parents=True, exist_ok=True)
     report = _evaluate_and_report(models, make_tasks(config), config, args.segments, args.examples, out, trained=[],
@@ -108,13 +120,13 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _load_best(run: Path):
+    from .run_dir import STATE_NAME, read_state
     from .trainer import load_trained
 
-    state = run / "state.json"
-    if not state.is_file():
-        raise FileNotFoundError(f"{state} not found: has the run in {run} finished a stage?")
-    stages = json.loads(state.read_text())["stages"]
-    return load_trained(TrainConfig.load(run / "train_config.json"), stages[-1]["best_dir"])
+    stages = read_state(run)["stages"]
+    if not stages:
+        raise FileNotFoundError(f"{run / STATE_NAME} not found: has the run in {run} finished a stage?")
+    return load_trained(_run_config(run), stages[-1]["best_dir"])
 
 
 def _evaluate_and_report(models, tasks, config: TrainConfig, segments, examples: int, out: Path, trained,

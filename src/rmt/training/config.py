@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -11,6 +12,11 @@ import yaml
 
 from ..config import DictConfig
 from .curriculum import Stage, parse_curriculum
+from .run_dir import write_json_atomic
+
+# which way is better, for the metrics the tasks report (`rmt.evaluation.metric_names`)
+GREATER_IS_BETTER = {"accuracy": True, "exact_match": True, "token_accuracy": True,
+                     "loss": False, "perplexity": False, "bits_per_token": False}
 
 
 @dataclass
@@ -31,6 +37,10 @@ class TrainConfig(DictConfig):
 
     ``rmt: {sink_token_id: bos}`` puts the tokenizer's BOS token first in every decoder segment
     (see `rmt.RMTConfig.sink_token_id`).
+
+    ``metric`` picks each stage's best checkpoint and is checked against the task's metrics when a
+    run starts; ``greater_is_better`` left unset takes the metric's own direction (loss and
+    perplexity: lower is better). ``max_grad_norm: null`` turns gradient clipping off.
     """
 
     task: str = "detect-and-memorize"
@@ -48,13 +58,13 @@ class TrainConfig(DictConfig):
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
-    max_grad_norm: float = 1.0
+    max_grad_norm: Optional[float] = 1.0
     eval_every: int = 100
     eval_examples: int = 256
     eval_batch_size: int = 64
     save_every: int = 100
     metric: str = "accuracy"
-    greater_is_better: bool = True
+    greater_is_better: Optional[bool] = None
     mixed_precision: str = "no"
     seed: int = 0
     out_dir: str = "runs/rmt"
@@ -67,6 +77,8 @@ class TrainConfig(DictConfig):
                     setattr(self, name, float(value))
                 except (TypeError, ValueError):
                     raise ValueError(f"{name} must be a number, got {value!r}") from None
+            if value is not None and not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
         for name in ("steps_per_stage", "batch_size", "gradient_accumulation_steps", "eval_every", "eval_examples",
                      "eval_batch_size", "save_every"):
             value = getattr(self, name)
@@ -76,12 +88,33 @@ class TrainConfig(DictConfig):
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be > 0 (the largest gradient norm kept) or null (no clipping), "
+                             f"got {self.max_grad_norm}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+        self._check_metric()
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.lora is not None and not isinstance(self.lora, dict):
             raise ValueError(f"lora must be a mapping of peft.LoraConfig fields (r, lora_alpha, target_modules, ...), "
                              f"got {self.lora!r}")
         self.stages()  # validate the curriculum now, not after an hour of training
+
+    def _check_metric(self) -> None:
+        if not isinstance(self.metric, str) or not self.metric:
+            raise ValueError(f"metric must be the name of one of the task's metrics, got {self.metric!r}")
+        if self.greater_is_better is not None and not isinstance(self.greater_is_better, bool):
+            raise ValueError(f"greater_is_better must be true or false, or left unset to take the metric's own "
+                             f"direction, got {self.greater_is_better!r}")
+        known = GREATER_IS_BETTER.get(self.metric)
+        if self.greater_is_better is None:
+            if known is None:
+                raise ValueError(f"greater_is_better: the direction of metric {self.metric!r} is not known; set it")
+            self.greater_is_better = known
+        elif known is not None and self.greater_is_better != known:
+            raise ValueError(f"greater_is_better={self.greater_is_better} contradicts metric {self.metric!r}, which is "
+                             f"better when {'higher' if known else 'lower'}; leave greater_is_better unset")
 
     def stages(self) -> list[Stage]:
         return parse_curriculum(self.curriculum, self.steps_per_stage, self.threshold, self.mix_shorter)
@@ -102,7 +135,8 @@ class TrainConfig(DictConfig):
         return cls.from_dict(apply_overrides(data, overrides))
 
     def save(self, path: Union[str, Path]) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write the config as JSON, atomically (a crash leaves the old file or the new one)."""
+        write_json_atomic(path, self.to_dict())
 
 
 def apply_overrides(data: dict[str, Any], overrides: tuple[str, ...]) -> dict[str, Any]:
@@ -111,7 +145,10 @@ def apply_overrides(data: dict[str, Any], overrides: tuple[str, ...]) -> dict[st
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({err})") from None
         target = data
         *parents, leaf = key.split(".")
         for parent in parents:

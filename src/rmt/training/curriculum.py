@@ -44,6 +44,8 @@ class Stage:
 def parse_curriculum(spec: Sequence[Any], default_steps: int = 500, threshold: Optional[float] = None,
                      mix_shorter: bool = False) -> list[Stage]:
     """Stages from a config list: ints (segment counts) or dicts with the `Stage` fields."""
+    if not isinstance(spec, (list, tuple)):
+        raise ValueError(f"the curriculum must be a list of stages, e.g. [1, 2, 4], got {spec!r}")
     if not spec:
         raise ValueError("the curriculum is empty: give at least one stage, e.g. [1, 2, 4]")
     stages = []

@@ -2,23 +2,26 @@
 accumulation come from it; `accelerate launch --num_processes 2 --cpu -m rmt.cli train ...`).
 
 The loop is short on purpose. What makes it resumable exactly: batch ``t`` of a stage is a pure
-function of ``(seed, stage, t, process)`` (tasks generate example ``i`` from a seed), and a
-checkpoint holds the model, optimizer, schedule and RNG states (`Accelerator.save_state`) plus the
-stage's progress; `state.json` records the finished stages.
+function of ``(seed, stage, t, process)`` (tasks generate example ``i`` from a seed), every stage
+starts from the same RNG state, and a checkpoint holds the model, optimizer, schedule and RNG
+states (`Accelerator.save_state`) plus the stage's progress; `state.json` records the finished
+stages. A run killed at any moment (SIGKILL included) resumes to the weights it would have had:
+every file is replaced atomically (`checkpoint`, `run_dir`), and `tests/test_faults.py` kills runs
+inside every write to hold that.
 
-Run directory::
+Run directory (paths inside are relative to it: it can be moved)::
 
     out_dir/
+      lock                               pid of the `train` using the folder (flock; a dead one's is taken over)
       train_config.json
-      state.json                   finished stages, their best metric and checkpoint
-      stage-1-1seg/checkpoint/     latest state of the running stage (for resume)
-      stage-1-1seg/best/           best model of the stage (RecurrentMemoryTransformer.save_pretrained)
-      logs/                        TensorBoard
+      state.json                         finished stages, their best metric and checkpoint
+      stage-1-1seg/checkpoints/step-N/   the last two states of the running stage (for resume), with a manifest
+      stage-1-1seg/best/                 best model of the stage (RecurrentMemoryTransformer.save_pretrained)
+      logs/                              TensorBoard
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -32,22 +35,23 @@ import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from ..backbones import backbone_tokenizer, build_backbone, load_backbone
 from ..config import RMTConfig
 from ..data import load_tokenizer
-from ..evaluation.by_length import evaluate
+from ..evaluation.by_length import evaluate, metric_names
 from ..memory import extra_positions
 from ..recurrent import RecurrentMemoryTransformer
 from ..tasks import get_task
 from ..tasks.base import Task
+from .checkpoint import load_checkpoint, remove_checkpoints, save_checkpoint
 from .config import TrainConfig
 from .curriculum import Stage
-
-STATE_NAME = "state.json"
-PROGRESS_NAME = "progress.json"
+from .faults import fault_point
+from .run_dir import CONFIG_NAME, RunLock, read_json, read_state, recover_dir, replace_dir, stage_name, write_state
 
 
 class TrainingInterrupted(RuntimeError):
@@ -111,12 +115,15 @@ def build_model(config: TrainConfig) -> tuple[RecurrentMemoryTransformer, TaskFa
 
 def load_trained(config: TrainConfig, path: Any) -> RecurrentMemoryTransformer:
     """A model saved by a run of `config`; a LoRA run's adapter is loaded over a freshly built base."""
-    if not config.lora:
-        return RecurrentMemoryTransformer.from_pretrained(path)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)  # a random-init base is rebuilt with the weights the run started from
-        base, _, _ = _backbone(config)
-    return RecurrentMemoryTransformer.from_pretrained(path, backbone=base)
+    try:
+        if not config.lora:
+            return RecurrentMemoryTransformer.from_pretrained(path)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)  # a random-init base is rebuilt with the weights the run started from
+            base, _, _ = _backbone(config)
+        return RecurrentMemoryTransformer.from_pretrained(path, backbone=base)
+    except SafetensorError as err:  # its message names no file
+        raise ValueError(f"the model in {path} is damaged ({err}); train the stage again or restore the folder") from None
 
 
 def _backbone(config: TrainConfig) -> tuple[Any, RMTConfig, TaskFactory]:
@@ -167,70 +174,127 @@ def _with_lora(backbone: Any, config: TrainConfig) -> Any:
         raise ValueError(f"lora: {err}") from None
 
 
+class TrainingDiverged(ValueError):
+    """The loss, a gradient or a weight became NaN or infinite: the run stops before keeping anything of it."""
+
+
 def train(config: TrainConfig, *, resume: bool = True, progress: bool = True,
           stop_after_steps: Optional[int] = None) -> TrainResult:
-    """Run the curriculum; with `resume`, continue an interrupted run in `config.out_dir` exactly."""
+    """Run the curriculum; with `resume`, continue an interrupted run in `config.out_dir` exactly.
+
+    Everything that can be checked is checked before the run folder is touched (config, task,
+    metric, backbone, device), so a failed start leaves no trace; the folder is then locked
+    against a second `train` on it.
+    """
     out = Path(config.out_dir)
     transformers.utils.logging.disable_progress_bar()  # one bar per stage is enough
     # several processes without CUDA (torchrun on CPUs): accelerate must be told to use gloo on the CPU
     cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if config.mixed_precision != "no" and not torch.cuda.is_available():
+        raise ValueError(f"mixed_precision={config.mixed_precision} needs a CUDA GPU and this machine has none (on the "
+                         "CPU it would be ignored); use mixed_precision=no")
     accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with="tensorboard",
                               project_dir=str(out / "logs"), cpu=cpu_processes)
-    state_file, config_file = out / STATE_NAME, out / "train_config.json"
-    state: dict[str, Any] = {"stages": []}
-    if config_file.is_file():
-        if not resume:
-            raise ValueError(f"{out} already holds a run; resume it, or choose another out_dir")
-        if json.loads(config_file.read_text()) != config.to_dict():
-            raise ValueError(f"{out} holds a run with a different config; resume it with the same config or use another out_dir")
-        if state_file.is_file():
-            state = json.loads(state_file.read_text())
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        config.save(out / "train_config.json")
-    accelerator.init_trackers("rmt", config={k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))})
-
     set_seed(config.seed)
     model, tasks = build_model(config)
-    budget = [stop_after_steps]  # optimizer steps left before a simulated interruption
-    for index, stage in enumerate(config.stages()):
-        if index < len(state["stages"]):
-            continue  # finished before the interruption
-        if state["stages"]:
-            model = load_trained(config, state["stages"][-1]["best_dir"])
-        offset = sum(done["steps"] for done in state["stages"])
-        summary = _train_stage(accelerator, config, model, tasks, index, stage, out, progress, budget, offset)
-        state["stages"].append(summary)
-        if accelerator.is_main_process:
-            state_file.write_text(json.dumps(state, indent=2) + "\n")
-            shutil.rmtree(Path(summary["best_dir"]).parent / "checkpoint", ignore_errors=True)
-        accelerator.wait_for_everyone()
-    accelerator.end_training()
+    _check_tasks(config, tasks)
+
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    with RunLock(out) if accelerator.is_main_process else nullcontext():
+        state = _start(out, config, resume, accelerator)
+        accelerator.init_trackers("rmt", config={k: v for k, v in config.to_dict().items()
+                                                 if isinstance(v, (int, float, str, bool))})
+        budget = [stop_after_steps]  # optimizer steps left before a simulated interruption
+        for index, stage in enumerate(config.stages()):
+            stage_dir = out / stage_name(index, stage.segments)
+            if index < len(state["stages"]):
+                if accelerator.is_main_process:  # finished before the interruption
+                    remove_checkpoints(stage_dir)
+                continue
+            if state["stages"]:
+                model = load_trained(config, state["stages"][-1]["best_dir"])
+            set_seed(config.seed + index)  # a stage starts from the same RNG state, resumed or not
+            offset = sum(done["steps"] for done in state["stages"])
+            summary = _train_stage(accelerator, config, model, tasks, index, stage, stage_dir, progress, budget, offset)
+            state["stages"].append(summary)
+            if accelerator.is_main_process:
+                write_state(out, state)
+                fault_point("state:written")
+                remove_checkpoints(stage_dir)
+            accelerator.wait_for_everyone()
+        accelerator.end_training()
     return TrainResult(out, state["stages"], config)
 
 
+def _check_tasks(config: TrainConfig, tasks: TaskFactory) -> None:
+    """Every input length the curriculum uses can be made, and the task reports `config.metric`."""
+    stages = config.stages()
+    lengths = {s.segments for s in stages} | ({1} if any(s.mix_shorter for s in stages) else set())
+    for n in sorted(lengths):
+        tasks(n).example(0, "train")
+    metrics = metric_names(tasks(stages[0].segments))
+    if config.metric not in metrics:
+        raise ValueError(f"metric {config.metric!r} is not one of task {config.task!r}'s metrics: {', '.join(metrics)}")
+
+
+def _start(out: Path, config: TrainConfig, resume: bool, accelerator: Accelerator) -> dict[str, Any]:
+    """The finished stages of the run in `out` (none for a new run, whose config is written now)."""
+    config_file = out / CONFIG_NAME
+    new_run = not config_file.is_file()
+    accelerator.wait_for_everyone()  # every process has looked before the main one writes
+    if new_run:
+        if accelerator.is_main_process:
+            config.save(config_file)
+        accelerator.wait_for_everyone()
+        return {"stages": []}
+    if not resume:
+        raise ValueError(f"{out} already holds a run; resume it, or choose another out_dir")
+    if _same_run(TrainConfig.from_dict(read_json(config_file))) != _same_run(config):
+        raise ValueError(f"{out} holds a run with a different config; resume it with the same config or use another out_dir")
+    state = read_state(out)
+    if accelerator.is_main_process:
+        for stage in state["stages"]:
+            recover_dir(Path(stage["best_dir"]))
+    accelerator.wait_for_everyone()
+    return state
+
+
+def _same_run(config: TrainConfig) -> dict[str, Any]:
+    """What must match to resume a run: all but where its folder is (a moved run resumes)."""
+    return {k: v for k, v in config.to_dict().items() if k != "out_dir"}
+
+
+def _check_finite(what: str, value: float, stage: int, step: int) -> None:
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"stage {stage}, step {step}: {what} is {value}; nothing of this step is kept "
+                               "(lower learning_rate or max_grad_norm)")
+
+
 def _train_stage(accelerator: Accelerator, config: TrainConfig, model: RecurrentMemoryTransformer,
-                 tasks: TaskFactory, index: int, stage: Stage, out: Path, progress: bool, budget: list,
+                 tasks: TaskFactory, index: int, stage: Stage, stage_dir: Path, progress: bool, budget: list,
                  offset: int) -> dict[str, Any]:
     """Train one stage from `model`; `offset` (steps of earlier stages) places it on the log's step axis."""
-    stage_dir = out / f"stage-{index + 1}-{stage.segments}seg"
-    checkpoint_dir, best_dir = stage_dir / "checkpoint", stage_dir / "best"
+    best_dir = stage_dir / "best"
     accelerator.free_memory()  # forget the previous stage's objects: a checkpoint holds this stage's only
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * stage.max_steps), stage.max_steps)
     # the schedule is not prepared: accelerate would step it once per process, since it expects
     # each process to see 1/N of an epoch; here every process takes a share of every batch
     model, optimizer = accelerator.prepare(model, optimizer)
-    info: dict[str, Any] = {"step": 0, "best": None, "best_step": None, "stopped_early": False}
-    if (checkpoint_dir / PROGRESS_NAME).is_file():
-        accelerator.load_state(str(checkpoint_dir))
-        info = json.loads((checkpoint_dir / PROGRESS_NAME).read_text())
-        with warnings.catch_warnings():  # the optimizer has stepped, in the run being resumed
-            warnings.simplefilter("ignore", UserWarning)
-            for _ in range(info["step"]):  # the linear schedule is a function of the step alone
-                scheduler.step()
+    if accelerator.is_main_process:
+        recover_dir(best_dir)  # a crash while best/ was being replaced
+    accelerator.wait_for_everyone()
+    info = load_checkpoint(accelerator, stage_dir) or {"step": 0, "best": None, "best_step": None, "stopped_early": False}
+    with warnings.catch_warnings():  # the optimizer has stepped, in the run being resumed
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(info["step"]):  # the linear schedule is a function of the step alone
+            scheduler.step()
     better: Callable[[float, Optional[float]], bool] = lambda new, old: old is None or (
         new > old if config.greater_is_better else new < old)
+    clip = config.max_grad_norm if config.max_grad_norm is not None else math.inf  # inf: measured, never clipped
+    trained = [p for p in model.parameters() if p.requires_grad]  # what a step can blow up
     eval_task = tasks(stage.segments)
     bar = tqdm(total=stage.max_steps, initial=info["step"], desc=f"stage {index + 1}: {stage.segments} segment(s)",
                disable=not (progress and accelerator.is_local_main_process))
@@ -248,30 +312,33 @@ def _train_stage(accelerator: Accelerator, config: TrainConfig, model: Recurrent
                 loss = model(**batch, return_logits=False).loss / accum  # no (B, T, V) outputs to keep
                 accelerator.backward(loss)
             loss_value += float(loss.detach())
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        _check_finite("the training loss", loss_value, index + 1, step + 1)
+        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), clip))
+        _check_finite("the gradient norm", grad_norm, index + 1, step + 1)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
+        weight_norm = float(torch.stack([p.detach().norm() for p in trained]).norm())
+        _check_finite("the norm of the weights", weight_norm, index + 1, step + 1)
         info["step"] = step = step + 1
         bar.update(1)
         accelerator.log({"train/loss": loss_value, "train/lr": scheduler.get_last_lr()[0], "train/segments": segments,
-                         "train/grad_norm": float(grad_norm), "train/stage": index + 1}, step=offset + step)
+                         "train/grad_norm": grad_norm, "train/stage": index + 1}, step=offset + step)
+        fault_point("step")
         if step % config.eval_every == 0 or step == stage.max_steps:
             metrics = evaluate(accelerator.unwrap_model(model), eval_task, config.eval_examples, config.eval_batch_size)
             accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=offset + step)
             value = metrics[config.metric]
+            _check_finite(f"the evaluation {config.metric}", value, index + 1, step)
             bar.set_postfix({config.metric: f"{value:.3f}", "loss": f"{loss_value:.3f}"})
             if better(value, info["best"]):
                 info["best"], info["best_step"] = value, step
                 if accelerator.is_main_process:
-                    accelerator.unwrap_model(model).save_pretrained(best_dir)
+                    _save_best(accelerator.unwrap_model(model), best_dir)
             if stage.threshold is not None and (value >= stage.threshold if config.greater_is_better else value <= stage.threshold):
                 info["stopped_early"] = True
         if step % config.save_every == 0 or step == stage.max_steps or info["stopped_early"]:
-            accelerator.save_state(str(checkpoint_dir))
-            if accelerator.is_main_process:
-                (checkpoint_dir / PROGRESS_NAME).write_text(json.dumps(info) + "\n")
-            accelerator.wait_for_everyone()
+            save_checkpoint(accelerator, stage_dir, info)
         if budget[0] is not None:
             budget[0] -= 1
             if budget[0] <= 0:
@@ -279,6 +346,15 @@ def _train_stage(accelerator: Accelerator, config: TrainConfig, model: Recurrent
     bar.close()
     return {"stage": index + 1, "segments": stage.segments, "steps": info["step"], "best_metric": info["best"],
             "best_step": info["best_step"], "stopped_early": info["stopped_early"], "best_dir": str(best_dir)}
+
+
+def _save_best(model: RecurrentMemoryTransformer, best_dir: Path) -> None:
+    """Replace the stage's best model as one unit."""
+    tmp = best_dir.with_name(best_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    fault_point("best:written")
+    replace_dir(tmp, best_dir)
 
 
 def _batch(task: Task, config: TrainConfig, accelerator: Accelerator, micro_step: int) -> dict[str, torch.Tensor]:
