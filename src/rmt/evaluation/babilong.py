@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
@@ -113,18 +113,22 @@ def _folder_tokenizer(path: Path) -> Any:
 
 
 # -- answering ----------------------------------------------------------------------------------
-@torch.no_grad()
 def answer_rmt(model: RecurrentMemoryTransformer, task: BabilongTask, index: int, split: str,
                max_new_tokens: int) -> list[int]:
-    """Read sample ``index`` through memory and generate its answer (new token ids).
-
-    The full segments are streamed into memory, then ``generate`` decodes from the last partial
-    segment, which is what ``generate`` on the whole input does, without holding the input.
-    """
+    """Read sample ``index`` through memory and generate its answer (new token ids)."""
     s = model.rmt_config.segment_size
-    n = task.num_tokens(index, split)
-    full = (n - 1) // s  # segments read before the one decoding starts in
-    chunks = task.iter_chunks(index, s, split)
+    return generate_streamed(model, task.iter_chunks(index, s, split), task.num_tokens(index, split), max_new_tokens)
+
+
+@torch.no_grad()
+def generate_streamed(model: RecurrentMemoryTransformer, chunks: Iterator[list[int]], num_tokens: int,
+                      max_new_tokens: int, **generate_kwargs: Any) -> list[int]:
+    """Greedy continuation (new token ids) of an input of ``num_tokens`` ids given as ``segment_size`` chunks.
+
+    The full segments are streamed into memory (``model.stream``), then ``model.generate`` decodes
+    from the last partial segment: what ``generate`` on the whole input does, without holding it.
+    """
+    full = (num_tokens - 1) // model.rmt_config.segment_size  # segments read before the one decoding starts in
     memory = None
     if full and model.num_mem_tokens:
         memory = model.stream(_take(chunks, full)).memory
@@ -132,7 +136,8 @@ def answer_rmt(model: RecurrentMemoryTransformer, task: BabilongTask, index: int
         for _ in range(full):
             next(chunks)
     last = torch.tensor([next(chunks)])  # (1, 1..s)
-    out = model.generate(last, max_new_tokens=max_new_tokens, memory=memory, do_sample=False)
+    generate_kwargs.setdefault("do_sample", False)
+    out = model.generate(last, max_new_tokens=max_new_tokens, memory=memory, **generate_kwargs)
     return out[0, last.shape[1]:].tolist()
 
 
