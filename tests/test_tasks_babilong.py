@@ -128,3 +128,9 @@ def test_written_dataset_has_the_published_schema(tmp_path):
     assert all(f.text in rows[0]["input"] for f in facts) and rows[0]["input"] == rows[0]["input"].strip()
     # byte tokenizer: the text is the context exactly, stripped of its leading space as published
     assert len(tasks[0].encode(" " + rows[0]["input"])) == 700
+
+
+def test_answer_marker_follows_the_question():
+    task = BabilongTask(1, length=0, babi="generated", prompt="none", answer_marker="GEN")
+    s = task.sample(0)
+    assert task.decode(s.tail) == f" {s.question}GEN"

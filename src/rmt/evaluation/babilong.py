@@ -172,9 +172,10 @@ def _decode(tokenizer: Any, ids: list[int]) -> str:
 def evaluate_babilong(readers: Sequence[Reader], tasks: Sequence[int], lengths: Sequence[str], num_samples: int,
                       babi: Any = None, background: Optional[str] = None, split: str = "test",
                       max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 1,
-                      prompt_source: str = "auto", progress: bool = True) -> dict:
+                      prompt_source: str = "auto", answer_marker: str = "", progress: bool = True) -> dict:
     """Every reader on the first ``num_samples`` samples of every task x length.
 
+    ``answer_marker`` goes after the question for RMTs (``"GEN"`` for the authors' checkpoints).
     Returns ``{"results": {model: {metric: {"qaN": {length: value or None}}}}, "outputs": ...}``;
     a cell a full-attention model cannot read (input longer than its context) is None.
     """
@@ -199,7 +200,8 @@ def evaluate_babilong(readers: Sequence[Reader], tasks: Sequence[int], lengths: 
         for qa in tasks:
             for length in lengths:
                 task = BabilongTask(qa, tokenizer=reader.tokenizer, length=length, babi=babi, background=texts[key],
-                                    prompt=reader.prompt, prompt_source=prompt_source)
+                                    prompt=reader.prompt, prompt_source=prompt_source,
+                                    answer_marker=answer_marker if reader.is_rmt else "")
                 available = task.num_samples(split)
                 count = num_samples if available is None else min(num_samples, available)
                 answers = _answer_cell(reader, task, count, split, max_new_tokens, batch_size, bar)

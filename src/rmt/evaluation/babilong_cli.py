@@ -46,6 +46,8 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", metavar="NAME_OR_PATH", help="tokenizer for RMT folders that do not hold one")
     p.add_argument("--prompt-source", default="auto", choices=("auto", "lm-eval", "published"),
                    help="where the official prompts are read from (default: lm-eval's task files if installed)")
+    p.add_argument("--answer-marker", default="", metavar="TEXT",
+                   help="text after the question for RMTs (GEN for the authors' fine-tuned checkpoints)")
     p.add_argument("--out", default="babilong-results", help="output folder (default ./babilong-results)")
     p.set_defaults(func=run)
     return p
@@ -81,12 +83,13 @@ def run(args: argparse.Namespace) -> int:
             readers.append(no_memory(readers[-1]))
     report = evaluate_babilong(readers, args.tasks, args.lengths, args.samples, babi=args.babi,
                                background=args.background, split=args.split, max_new_tokens=args.max_new_tokens,
-                               batch_size=args.batch_size, prompt_source=args.prompt_source)
+                               batch_size=args.batch_size, prompt_source=args.prompt_source,
+                               answer_marker=args.answer_marker)
     settings = {
         "tasks": [f"qa{qa}" for qa in args.tasks], "lengths": [str(n) for n in args.lengths],
         "context_tokens": {str(n): context_length(n) for n in args.lengths}, "samples_per_cell": args.samples,
         "babi": args.babi or "default", "background": args.background or "bundled", "split": args.split,
-        "max_new_tokens": args.max_new_tokens,
+        "max_new_tokens": args.max_new_tokens, "answer_marker": args.answer_marker,
         "prompt_source": babilong_prompt(args.tasks[0], args.prompt_source).source,
         "models": {r.name: {"spec": r.spec, "prompt": r.prompt, **r.info} for r in readers},
     }

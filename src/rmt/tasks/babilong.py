@@ -88,6 +88,8 @@ class BabilongTask(Task):
         prompt: ``"official"`` (the benchmark's prompt), ``"none"`` (``"{context} {question}"``,
             for fine-tuned models) or a :class:`BabilongPrompt`.
         prompt_source: where the official prompt is read from: ``"auto"``, ``"lm-eval"`` or ``"published"``.
+        answer_marker: text put right after the question, before the answer (the authors' fine-tuned
+            RMTs were trained with ``"GEN"`` there).
         num_facts: facts per generated story (``babi="generated"`` only).
 
     Splits: ``"train"`` reads the bAbI train file, ``"validation"`` and ``"test"`` the test file.
@@ -98,7 +100,7 @@ class BabilongTask(Task):
     def __init__(self, qa: int, tokenizer=None, seed: int = 0, length: int | str = "4k",
                  babi: str | Path | None = None, background: str | Path | BackgroundText | None = None,
                  prompt: str | BabilongPrompt = "official", prompt_source: str = "auto",
-                 num_facts: int | None = None) -> None:
+                 answer_marker: str = "", num_facts: int | None = None) -> None:
         super().__init__(tokenizer, seed)
         if qa not in BABI_TASKS:
             raise ValueError(f"qa must be 1-20, got {qa!r}")
@@ -110,6 +112,7 @@ class BabilongTask(Task):
         self.length = length
         self.context_tokens = context_length(length)
         self.babi, self.num_facts = babi, num_facts
+        self.answer_marker = answer_marker
         if isinstance(prompt, BabilongPrompt):
             self.prompt = prompt
         elif prompt == "official":
@@ -177,6 +180,7 @@ class BabilongTask(Task):
         positions = sorted(rng.randint(0, noise) for _ in fact_ids)
         head = self.encode(self.prompt.head()) if self.prompt else []
         tail = self.encode(self.prompt.tail(q.text) if self.prompt else " " + q.text)
+        tail += self.encode(self.answer_marker) if self.answer_marker else []
         return BabilongSample(fact_ids, positions, noise, rng.getrandbits(64), head, tail, q.text, q.answer)
 
     def iter_context(self, index: int, split: str = "test") -> Iterator[list[int]]:
