@@ -65,6 +65,12 @@ def test_generate_until_reads_long_inputs_and_stops(rmt_dir):
         assert cut == ""
 
 
+def test_registering_rmt_keeps_lm_evals_own_models():
+    from lm_eval.api.registry import get_model
+
+    assert get_model("rmt") is RMTLM and get_model("hf").__name__ == "HFLM"
+
+
 def test_bad_arguments_are_clear(tmp_path):
     with pytest.raises(ValueError, match="needs path="):
         RMTLM()

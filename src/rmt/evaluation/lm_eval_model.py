@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import lm_eval.models  # noqa: F401  (lm-eval registers its own models only into an empty registry: first)
 import torch
 import torch.nn.functional as F
 from lm_eval.api.model import LM
