@@ -11,7 +11,6 @@ from rmt.tasks.babilong_prompts import (
     compare_answers,
     lenient_match,
     lm_eval_task_dir,
-    no_prompt,
     preprocess_output,
     task_labels,
 )
@@ -86,8 +85,7 @@ def test_published_qa4_and_qa5_instructions_are_as_published():
     assert "locations and their relations" in babilong_prompt(5, "published").instruction
 
 
-def test_no_prompt_and_bad_input():
-    assert no_prompt(" Mary went to the kitchen. ", WHERE) == "Mary went to the kitchen. Where is Mary?"
+def test_bad_input():
     with pytest.raises(ValueError, match="qa1-qa20"):
         babilong_prompt(21)
     with pytest.raises(ValueError, match="prompt source"):

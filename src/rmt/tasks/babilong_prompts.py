@@ -76,11 +76,6 @@ class BabilongPrompt:
         return self.head() + context.strip() + self.tail(question)
 
 
-def no_prompt(context: str, question: str) -> str:
-    """The input of models fine-tuned on BABILong: the context, then the question."""
-    return f"{context.strip()} {question}"
-
-
 def babilong_prompt(qa: int, source: str = "auto") -> BabilongPrompt:
     """The prompt of task ``qa`` (1-20): from lm-eval's task files (``"lm-eval"``), the published
     definitions (``"published"``), or lm-eval when it is installed, else the published ones (``"auto"``)."""
