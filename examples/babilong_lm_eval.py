@@ -46,11 +46,14 @@ def main() -> None:
     names = write_local_tasks(out / "tasks", out / "data", tasks, lengths)
     results = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={pretrained},dtype=float32", tasks=names,
                                       task_manager=TaskManager(include_path=str(out / "tasks")), batch_size=1,
-                                      device="cpu")
+                                      device="cpu", log_samples=True)
     scores = {name: results["results"][name]["acc,none"] for name in names}
+    outputs = {name: [{"question": s["doc"]["question"], "target": s["target"], "output": s["filtered_resps"][0],
+                       "acc": s["acc"]} for s in results["samples"][name]] for name in names}
     report = {"model": args.model, "pretrained": pretrained, "samples_per_cell": args.samples,
               "lm_eval_version": lm_eval.__version__, "seconds": round(time.time() - start, 1),
-              "acc": {f"qa{qa}": {n: scores[f"babilong_qa{qa}_{n}_local"] for n in lengths} for qa in tasks}}
+              "acc": {f"qa{qa}": {n: scores[f"babilong_qa{qa}_{n}_local"] for n in lengths} for qa in tasks},
+              "outputs": {f"qa{qa}": {n: outputs[f"babilong_qa{qa}_{n}_local"] for n in lengths} for qa in tasks}}
     (out / "lm_eval.json").write_text(json.dumps(report, indent=1) + "\n")
 
     ours = json.loads(Path(args.rmt_json).read_text())["results"] if args.rmt_json else None
