@@ -33,6 +33,7 @@ from .base import (
     parse_length,
     predictions_from_logits,
     register,
+    task_at,
     task_description,
 )
 from .classification import TextClassificationTask
@@ -45,5 +46,5 @@ __all__ = [
     "QuadraticEquationsTask", "ReasoningTask", "ReverseTask", "Story", "Task", "TaskDataset",
     "TextClassificationTask", "Tracker", "babi_questions", "babilong_prompt", "compare_answers", "context_length",
     "find_babi_file", "format_babi", "generate_story", "get_task", "lenient_match", "list_tasks", "parse_babi",
-    "parse_length", "predictions_from_logits", "read_babi", "register", "task_description", "write_babi",
+    "parse_length", "predictions_from_logits", "read_babi", "register", "task_at", "task_description", "write_babi",
 ]

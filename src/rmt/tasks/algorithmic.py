@@ -14,6 +14,7 @@ from .base import Task, _check_lengths, causal_example, register, token_scores
 
 
 class _CharTask(Task):
+    metric = "exact_match"  # the whole target right (NeurIPS 2022)
     """Shared machinery: characters to single tokens, ``source <sep> target`` layout."""
 
     kind = "causal-lm"
@@ -55,6 +56,14 @@ class CopyTask(_CharTask):
 
     name = "copy"
 
+    @classmethod
+    def length_for_segments(cls, num_segments: int, segment_size: int, **task_args) -> dict:
+        """Source, start token and target (the source twice) fill the segments."""
+        if "target_length" in task_args:
+            raise ValueError("copy: target_length follows from the number of segments (twice the source); leave it "
+                             "out of task_args")
+        return {"source_length": max(1, (num_segments * segment_size - 1) // 3)}
+
     def __init__(self, tokenizer=None, seed: int = 0, source_length: int = 24, target_length: int | None = None,
                  **kwargs) -> None:
         super().__init__(tokenizer, seed, **kwargs)
@@ -76,6 +85,11 @@ class ReverseTask(_CharTask):
 
     name = "reverse"
 
+    @classmethod
+    def length_for_segments(cls, num_segments: int, segment_size: int, **task_args) -> dict:
+        """Source, start token and the reversed source fill the segments."""
+        return {"source_length": max(1, (num_segments * segment_size - 1) // 2)}
+
     def __init__(self, tokenizer=None, seed: int = 0, source_length: int = 24, **kwargs) -> None:
         super().__init__(tokenizer, seed, **kwargs)
         _check_positive(source_length=source_length)
@@ -92,6 +106,17 @@ class AssociativeRetrievalTask(_CharTask):
     """Associative retrieval: key-value pairs, '?', a key; the target is its value (paper: 10 pairs)."""
 
     name = "associative-retrieval"
+
+    @classmethod
+    def length_for_segments(cls, num_segments: int, segment_size: int, **task_args) -> dict:
+        """As many key-value pairs as fill the segments (2 tokens each, 4 for the query and answer)."""
+        pairs = max(1, (num_segments * segment_size - 4) // 2)
+        keys = task_args.get("keys", string.ascii_lowercase)
+        if pairs > len(set(keys)):
+            raise ValueError(f"associative-retrieval: {num_segments} segments of {segment_size} tokens hold {pairs} "
+                             f"pairs, but there are only {len(set(keys))} distinct keys; give more keys in task_args "
+                             "or use shorter segments")
+        return {"num_pairs": pairs}
 
     def __init__(self, tokenizer=None, seed: int = 0, num_pairs: int = 10, keys: str = string.ascii_lowercase,
                  values: str = string.digits, **kwargs) -> None:
@@ -118,6 +143,7 @@ class QuadraticEquationsTask(_CharTask):
     """Quadratic equations: an equation, then its solution through the discriminant; only the answer is scored."""
 
     name = "quadratic-equations"
+    own_length = "an equation and its solution"
 
     def __init__(self, tokenizer=None, seed: int = 0, max_root: int = 99, max_leading: int = 9,
                  loss_on_solution: bool = True) -> None:

@@ -473,6 +473,7 @@ class BabiTask(Task):
     """bAbI qa task: a story of facts, a question, the answer scored (causal LM, accuracy)."""
 
     kind = "causal-lm"
+    own_length = "their stories"
 
     def __init__(self, qa: int, tokenizer=None, seed: int = 0, num_facts: int | None = None,
                  path: str | Path | None = None) -> None:
@@ -515,5 +516,6 @@ for _qa, _title in [(1, "single supporting fact"), (2, "two supporting facts"), 
                     (4, "two-argument relations"), (5, "three-argument relations")]:
     def _factory(_qa=_qa, **kwargs) -> BabiTask:
         return BabiTask(_qa, **kwargs)
+    _factory.task_class = BabiTask
     _factory.description = f"bAbI qa{_qa} ({_title}): facts, a question, the answer scored"
     register(f"babi-qa{_qa}")(_factory)

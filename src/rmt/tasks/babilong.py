@@ -97,6 +97,11 @@ class BabilongTask(Task):
 
     kind = "causal-lm"
 
+    @classmethod
+    def length_for_segments(cls, num_segments: int, segment_size: int, **task_args) -> dict:
+        """A context of exactly ``num_segments * segment_size`` tokens (the question and answer follow it)."""
+        return {"length": num_segments * segment_size}
+
     def __init__(self, qa: int, tokenizer=None, seed: int = 0, length: int | str = "4k",
                  babi: str | Path | None = None, background: str | Path | BackgroundText | None = None,
                  prompt: str | BabilongPrompt = "official", prompt_source: str = "auto",
@@ -278,5 +283,6 @@ def _chain(pieces: Iterator[list[int]], extra: list[list[int]]) -> Iterator[list
 for _qa in BABI_TASKS:
     def _factory(_qa=_qa, **kwargs) -> BabilongTask:
         return BabilongTask(_qa, **kwargs)
+    _factory.task_class = BabilongTask
     _factory.description = f"BABILong qa{_qa}: a real bAbI {BABI_TASKS[_qa]} question hidden in background text of an exact length"
     register(f"babilong-qa{_qa}")(_factory)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import random
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch.utils.data import Dataset
@@ -47,6 +47,25 @@ def get_task(name: str, **kwargs: Any) -> "Task":
     return _REGISTRY[name](**kwargs)
 
 
+def task_at(name: str, num_segments: int, segment_size: int, **kwargs: Any) -> "Task":
+    """The task ``name`` with examples that fill ``num_segments`` segments of ``segment_size`` tokens, as
+    its class says (`Task.length_for_segments`); ``kwargs`` are the other constructor arguments."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(list_tasks())}")
+    factory = _REGISTRY[name]
+    cls = getattr(factory, "task_class", factory)
+    sized = cls.length_for_segments(num_segments, segment_size, **kwargs)
+    if sized is None:
+        raise ValueError(f"task {name!r} has no length to set from a number of segments (its examples are as long "
+                         f"as {cls.own_length}): train and evaluate it with 1 segment (curriculum: [1], --segments 1); "
+                         "the wrapper still cuts a long example into as many segments as it needs")
+    clash = sorted(set(sized) & set(kwargs))
+    if clash:
+        raise ValueError(f"task {name!r}: {', '.join(clash)} follow from the number of segments in a curriculum; "
+                         "leave them out of task_args")
+    return factory(**sized, **kwargs)
+
+
 def task_description(name: str) -> str:
     """The one-line description of a registered task (the first line of its docstring)."""
     factory = _REGISTRY[name]
@@ -69,6 +88,7 @@ class Task(abc.ABC):
 
     name: ClassVar[str] = "task"
     kind: ClassVar[str] = "causal-lm"  # or "classification"; instances may override
+    metric: ClassVar[str] = "accuracy"  # the papers' metric for the task (a key of `score`'s result)
     label_names: list[str] | None = None
 
     def __init__(self, tokenizer=None, seed: int = 0) -> None:
@@ -78,6 +98,17 @@ class Task(abc.ABC):
     @property
     def num_labels(self) -> int | None:
         return len(self.label_names) if self.label_names is not None else None
+
+    # -- length -----------------------------------------------------------------------------------
+    own_length: ClassVar[str] = "their data make them"  # why a task without a settable length has none
+
+    @classmethod
+    def length_for_segments(cls, num_segments: int, segment_size: int, **task_args: Any) -> Optional[dict[str, Any]]:
+        """Constructor arguments under which an example fills ``num_segments`` segments of
+        ``segment_size`` tokens: how the task's length follows from a curriculum stage. A task whose
+        examples have a length of their own takes one segment count only, 1 (no argument); None for
+        any other (`task_at` then says so)."""
+        return {} if num_segments == 1 else None
 
     # -- examples -------------------------------------------------------------------------------
     @abc.abstractmethod

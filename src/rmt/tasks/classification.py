@@ -30,6 +30,14 @@ class TextClassificationTask(Task):
     name = "text-classification"
     kind = "classification"
 
+    @classmethod
+    def length_for_segments(cls, num_segments: int, segment_size: int, **task_args) -> dict:
+        """Documents cut to ``num_segments * segment_size`` tokens (``truncation`` says which end stays)."""
+        if "max_length" in task_args:
+            raise ValueError("text-classification: max_length follows from the number of segments in a curriculum; "
+                             "leave it out of task_args")
+        return {"max_length": num_segments * segment_size}
+
     def __init__(self, data_files: str | Sequence[str] | Mapping[str, str | Sequence[str]] | None = None,
                  dataset: str | None = None, tokenizer=None, seed: int = 0, *, dataset_config: str | None = None,
                  text_field: str = "text", label_field: str = "label", label_names: Sequence[str] | None = None,
@@ -94,6 +102,20 @@ class TextClassificationTask(Task):
         if split not in self._order:
             self._order[split] = random.Random(f"{self.name}|{self.seed}|{split}").sample(range(len(rows)), len(rows))
         return rows[self._order[split][index]]
+
+    def score(self, predictions, examples) -> dict[str, float]:
+        """Accuracy and F1 (the NeurIPS 2022 paper reports F1 on Hyperpartisan): with two labels the F1 of
+        label 1, else the mean F1 over labels (macro)."""
+        scores = super().score(predictions, examples)
+        pairs = [(int(p), int(e["label"])) for p, e in zip(predictions, examples)]
+        labels = [1] if self.num_labels == 2 else range(self.num_labels or 1 + max(t for _, t in pairs))
+
+        def f1(label: int) -> float:
+            tp = sum(p == label and t == label for p, t in pairs)
+            predicted, actual = sum(p == label for p, _ in pairs), sum(t == label for _, t in pairs)
+            return 2 * tp / (predicted + actual) if predicted + actual else 0.0
+
+        return {**scores, "f1": sum(map(f1, labels)) / len(labels)}
 
     def example(self, index: int, split: str = "train") -> dict:
         self.rng(index, split)  # validates split and index

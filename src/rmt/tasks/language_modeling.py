@@ -23,8 +23,14 @@ class LanguageModelingTask(Task):
     """Language modelling: windows of segment_size * (history + 1) tokens of real text (byte-level by default)."""
 
     name = "language-modeling"
+    metric = "perplexity"
     kind = "causal-lm"
     default_loss_on = "all"
+
+    @classmethod
+    def length_for_segments(cls, num_segments: int, segment_size: int, **task_args) -> dict:
+        """The scored segment and ``num_segments - 1`` history segments before it."""
+        return {"segment_size": segment_size, "history_segments": num_segments - 1}
 
     def __init__(self, tokenizer=None, seed: int = 0, segment_size: int = 512, history_segments: int = 3,
                  loss_on: str | None = None, source: str | BackgroundText | None = None) -> None:

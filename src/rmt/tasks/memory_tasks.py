@@ -49,6 +49,10 @@ class _MemoryTask(Task):
         else:
             self.background = background_text(background, self.tokenizer)
 
+    @classmethod
+    def length_for_segments(cls, num_segments: int, segment_size: int, **task_args) -> dict:
+        return {"num_segments": num_segments, "segment_size": segment_size}  # exactly that many tokens
+
     def example(self, index: int, split: str = "train") -> dict:
         """``length`` tokens: noise with the facts, the question; (causal LM) then the answer, scored."""
         rng = self.rng(index, split)

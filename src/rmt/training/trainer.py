@@ -45,7 +45,7 @@ from ..data import load_tokenizer
 from ..evaluation.by_length import evaluate, metric_names
 from ..memory import extra_positions
 from ..recurrent import RecurrentMemoryTransformer
-from ..tasks import get_task
+from ..tasks import task_at
 from ..tasks.base import Task
 from .checkpoint import load_checkpoint, remove_checkpoints, save_checkpoint
 from .config import TrainConfig
@@ -93,8 +93,8 @@ class TaskFactory:
                 background = getattr(next(iter(self._cache.values())), "background", None)
                 if background is not None:
                     kwargs["background"] = background
-            self._cache[num_segments] = get_task(self.config.task, seed=self.config.seed, num_segments=num_segments,
-                                                 segment_size=self.segment_size, **kwargs)
+            self._cache[num_segments] = task_at(self.config.task, num_segments, self.segment_size,
+                                                seed=self.config.seed, **kwargs)
         return self._cache[num_segments]
 
 
@@ -135,7 +135,7 @@ def _backbone(config: TrainConfig) -> tuple[Any, RMTConfig, TaskFactory]:
     RMTConfig.from_dict(rmt_args)  # the fields are checked before anything is built
     segment_size = int(rmt_args.get("segment_size", RMTConfig.segment_size))
     if isinstance(config.backbone, str):
-        probe = get_task(config.task, num_segments=1, segment_size=segment_size, **config.task_args)
+        probe = task_at(config.task, 1, segment_size, **config.task_args)
         backbone, tok = load_backbone(config.backbone, task=probe.kind, num_labels=probe.num_labels)
         tasks = TaskFactory(config, tok)
     else:
@@ -236,7 +236,9 @@ def _check_tasks(config: TrainConfig, tasks: TaskFactory) -> None:
         tasks(n).example(0, "train")
     metrics = metric_names(tasks(stages[0].segments))
     if config.metric not in metrics:
-        raise ValueError(f"metric {config.metric!r} is not one of task {config.task!r}'s metrics: {', '.join(metrics)}")
+        task = tasks(stages[0].segments)
+        raise ValueError(f"metric {config.metric!r} is not one of task {config.task!r}'s metrics: {', '.join(metrics)} "
+                         f"(set metric: {task.metric}, the task's own)")
 
 
 def _start(out: Path, config: TrainConfig, resume: bool, accelerator: Accelerator) -> dict[str, Any]:
