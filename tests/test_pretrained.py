@@ -150,8 +150,8 @@ def test_lora_round_trip_saves_only_adapter_and_memory(which, tmp_path):
     model, tok = load(which)
     wrapped = wrap(get_peft_model(model, lora_config(which)), tok, num_mem_tokens=4, segment_size=16)
     trainable = {n for n, p in wrapped.named_parameters() if p.requires_grad}
-    assert "initial_memory" in trainable and any("lora_" in n for n in trainable)
-    assert all("lora_" in n or "modules_to_save" in n or n == "initial_memory" for n in trainable), trainable
+    assert "mechanism.initial_memory" in trainable and any("lora_" in n for n in trainable)
+    assert all("lora_" in n or "modules_to_save" in n or n == "mechanism.initial_memory" for n in trainable), trainable
     ids = text_ids(tok, 2, 40, seed=2)
     labels = labels_for(wrapped, ids)
     before = wrapped.initial_memory.detach().clone()
