@@ -25,7 +25,8 @@ def task_args(name: str, tmp_path: Path) -> dict:
     if name.startswith("babilong-"):
         if BABI.is_dir():
             return {"babi": str(BABI), "prompt": "none"}
-        return {"babi": "generated", "prompt": "none"} if int(name.split("qa")[1]) <= 5 else None
+        # without the real files, the generated qa1 and qa4 stories are short enough for 256-byte segments
+        return {"babi": "generated", "prompt": "none"} if int(name.split("qa")[1]) in (1, 4) else None
     if name in ("memorize", "detect-and-memorize", "reasoning"):
         return {"kind": "classification"}
     return {}
