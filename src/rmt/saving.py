@@ -88,8 +88,9 @@ def save(model: Any, path: Path, state: Optional[dict] = None, is_main_process: 
     save_file(tensors, str(path / WEIGHTS_NAME), metadata={"format": "pt", "rmt_format": str(FORMAT)})
     backbone_dir = path / BACKBONE_DIR
     backbone_dir.mkdir(exist_ok=True)
-    base = model.backbone.get_base_model() if _adapter_names(model) else model.backbone
-    if _adapter_names(model):
+    is_peft = bool(_adapter_names(model))
+    base = model.backbone.get_base_model() if is_peft else model.backbone
+    if is_peft:
         for name, cfg in model.backbone.peft_config.items():
             cfg.save_pretrained(str(backbone_dir if name == "default" else backbone_dir / name))
     else:
@@ -100,7 +101,7 @@ def save(model: Any, path: Path, state: Optional[dict] = None, is_main_process: 
     if legacy.exists():  # an older save in the same folder: its memory file would contradict this one
         legacy.unlink()
     model.rmt_config.to_json_file(path / CONFIG_NAME, backbone_class=type(base).__name__,
-                                  is_peft=bool(_adapter_names(model)), rmt_format=FORMAT)
+                                  is_peft=is_peft, rmt_format=FORMAT)
 
 
 def _local_folder(path: Any, hub_kwargs: dict) -> Path:

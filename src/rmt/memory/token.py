@@ -81,14 +81,11 @@ class TokenMemory(MemoryMechanism):
             blocks = [torch.full_like(lengths, int(self.sink))] + ([seg.after] if self.write_block else [])
             mask = block_attention(mask, blocks, m, embeds.dtype)
         out = run(inputs_embeds=seg.inputs_embeds, attention_mask=mask)
-        if not self.write_block and self.is_causal:
+        if not self.carries_memory:  # re-initialised every segment
             return out, state
         hidden = out.hidden_states[-1]  # (b, L, d)
         start = seg.after if self.is_causal else torch.ones_like(lengths)  # write slots, or the mem after [CLS]
-        return out, self._next(take(hidden, start, m).to(state.dtype), state)
-
-    def _next(self, written: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        return written
+        return out, take(hidden, start, m).to(state.dtype)
 
     def decoding(self, state: torch.Tensor, specials: Optional[torch.Tensor]):
         prefix = self._prefix(state.to(self.initial_memory.dtype), specials)
@@ -102,6 +99,3 @@ class MemoryTransformer(TokenMemory):
     name = "mt"
     write_block = False
     carries_memory = False
-
-    def _next(self, written: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        return state  # re-initialised every segment

@@ -46,9 +46,7 @@ class XLCache(MemoryMechanism):
     name = "xl"
 
     def __init__(self, inner: MemoryMechanism, config: Any, backbone: BackboneInfo):
-        super().__init__(config, backbone)
-        if not backbone.is_causal:
-            raise ValueError(f"xl_cache is for decoders; {type(backbone.base).__name__} is an encoder")
+        super().__init__(config, backbone)  # decoders only: the wrapper refuses an encoder before this
         self.inner = inner
         self.size = config.xl_cache
         self.token_start = inner.token_start
