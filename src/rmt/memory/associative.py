@@ -80,7 +80,7 @@ class AssociativeBlock(nn.Module):
         kz = (k * z.unsqueeze(2)).sum(-1)  # (b, H, M)
         v_old = (k @ A) / (kz + EPS).unsqueeze(-1)  # (b, H, M, v): what the memory holds for k
         gamma = (1 - kz / (k * k).sum(-1).clamp_min(1e-12)).clamp(0, 1).detach()  # (b, H, M): k's new part
-        A = A + torch.einsum("bhmk,bhmv,bhm->bhkv", k, v - v_old, beta)
+        A = A + (k * beta.unsqueeze(-1)).transpose(-1, -2) @ (v - v_old)  # sum_i beta_i k_i^T (v_i - v_old_i)
         z = z + (gamma.unsqueeze(-1) * k).sum(2)
         return A, z
 
