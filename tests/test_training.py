@@ -235,3 +235,25 @@ def test_two_processes_train_like_one_with_the_whole_batch(tmp_path):
     one = _run_cli([sys.executable, "-m", "rmt.cli", "train", str(tmp_path / "one.yaml")], tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
     assert_same_weights(weights(tmp_path / "two"), weights(tmp_path / "one"), atol=1e-5)
+
+
+def test_init_from_starts_the_first_stage_from_a_trained_run(tmp_path):
+    first = train(tiny_config(tmp_path / "first", curriculum=[1]), progress=False)
+    # a step of learning rate 1e-12 moves nothing measurably: the result is the model it started from
+    kept = dict(curriculum=[{"segments": 2, "max_steps": 1}], learning_rate=1e-12, eval_every=1)
+    later = train(tiny_config(tmp_path / "later", init_from=str(first.out_dir), **kept), progress=False)
+    assert_same_weights(weights(tmp_path / "later"), weights(first.out_dir), atol=1e-6)
+    fresh = train(tiny_config(tmp_path / "fresh", **kept), progress=False)  # without init_from: other weights
+    key = "mechanism.initial_memory"
+    assert not torch.allclose(weights(tmp_path / "fresh")[key], weights(first.out_dir)[key])
+    assert later.stages[0]["segments"] == 2
+
+
+def test_init_from_a_different_model_is_refused_before_the_run_starts(tmp_path):
+    first = train(tiny_config(tmp_path / "first", curriculum=[1]), progress=False)
+    with pytest.raises(ValueError, match="init_from=.*does not match"):
+        train(tiny_config(tmp_path / "other", init_from=str(first.out_dir), rmt={"num_mem_tokens": 3, "segment_size": 64}),
+              progress=False)
+    assert not (tmp_path / "other").exists()
+    with pytest.raises(FileNotFoundError, match="init_from="):
+        train(tiny_config(tmp_path / "none", init_from=str(tmp_path / "missing")), progress=False)

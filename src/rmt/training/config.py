@@ -41,6 +41,11 @@ class TrainConfig(DictConfig):
     ``metric`` picks each stage's best checkpoint and is checked against the task's metrics when a
     run starts; ``greater_is_better`` left unset takes the metric's own direction (loss and
     perplexity: lower is better). ``max_grad_norm: null`` turns gradient clipping off.
+
+    ``init_from`` starts the first stage from a trained model instead of from the backbone's
+    initialisation: a run directory of `rmt train` (its trained model) or a saved model folder. Its
+    parameters must have the shapes this config builds (same backbone and memory); use it to extend
+    a finished curriculum with longer stages without training the short ones again.
     """
 
     task: str = "detect-and-memorize"
@@ -67,6 +72,7 @@ class TrainConfig(DictConfig):
     greater_is_better: Optional[bool] = None
     mixed_precision: str = "no"
     seed: int = 0
+    init_from: Optional[str] = None
     out_dir: str = "runs/rmt"
 
     def __post_init__(self) -> None:

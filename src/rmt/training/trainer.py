@@ -198,6 +198,7 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True,
     set_seed(config.seed)
     model, tasks = build_model(config)
     _check_tasks(config, tasks)
+    start_model = _initial_model(config, model)
 
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -215,6 +216,8 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True,
                 continue
             if state["stages"]:
                 model = load_trained(config, state["stages"][-1]["best_dir"])
+            elif start_model is not None:
+                model = start_model
             set_seed(config.seed + index)  # a stage starts from the same RNG state, resumed or not
             offset = sum(done["steps"] for done in state["stages"])
             summary = _train_stage(accelerator, config, model, tasks, index, stage, stage_dir, progress, budget, offset)
@@ -226,6 +229,30 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True,
             accelerator.wait_for_everyone()
         accelerator.end_training()
     return TrainResult(out, state["stages"], config)
+
+
+def _initial_model(config: TrainConfig, built: RecurrentMemoryTransformer) -> Optional[RecurrentMemoryTransformer]:
+    """`built` with the weights of `config.init_from` (a run directory or a model folder), which
+    must have the same parameters; None without init_from."""
+    if config.init_from is None:
+        return None
+    source = Path(config.init_from)
+    if (source / CONFIG_NAME).is_file():  # a run directory: its trained model
+        stages = read_state(source)["stages"]
+        if not stages:
+            raise ValueError(f"init_from={source}: the run has no finished stage to start from")
+        source = Path(stages[-1]["best_dir"])
+    if not source.is_dir():
+        raise FileNotFoundError(f"init_from={config.init_from}: no run directory or model folder there")
+    trained = load_trained(config, source).state_dict()
+    ours = {k: v.shape for k, v in built.state_dict().items()}
+    theirs = {k: v.shape for k, v in trained.items()}
+    if ours != theirs:
+        diff = sorted(set(ours) ^ set(theirs)) or [k for k in ours if ours[k] != theirs[k]]
+        raise ValueError(f"init_from={config.init_from}: its model does not match this config's backbone and memory "
+                         f"(first difference: {diff[0]}); start from a run of the same backbone and rmt settings")
+    built.load_state_dict(trained)  # the weights; the run's own rmt settings (segment_size, bptt_depth, ...) stay
+    return built
 
 
 def _check_tasks(config: TrainConfig, tasks: TaskFactory) -> None:
