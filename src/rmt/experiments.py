@@ -1,0 +1,252 @@
+"""The papers' experiments as configs plus one command: `rmt reproduce NAME`.
+
+An experiment (``configs/experiments/NAME.yaml``) names a base training config, the runs that differ
+from it (each a few dotted overrides), and how to evaluate them::
+
+    title: "Figure 11: curriculum against training on the final length"
+    paper: "Bulatov et al. 2024 (AAAI), Fig. 11"
+    base: demo                      # a bundled config (configs/NAME.yaml), a file, or a mapping
+    set: {rmt.num_mem_tokens: 8}    # overrides for every run
+    runs:
+      curriculum: {curriculum: [1, 2, 3, 4]}
+      direct: {curriculum: [4]}
+    eval: {segments: [1, 2, 4, 8], examples: 200}
+    # or  eval: {stages: true, up_to: 4}: every stage's best checkpoint (a model trained on k
+    # segments) evaluated from 1 to up_to * k segments, drawn as a heatmap (the report's Fig. 4)
+
+Every run trains with `rmt.training.train` into ``OUT/RUN`` (so a killed experiment resumes where
+it stopped), each evaluation is kept in ``OUT/evals/`` as soon as it is measured, and the command
+ends with ``OUT/results.json``, ``OUT/NAME.png`` and a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .training.config import TrainConfig
+from .training.run_dir import write_json_atomic
+
+EXPERIMENT_KEYS = {"title", "paper", "base", "set", "runs", "eval", "plot"}
+EVAL_KEYS = {"segments", "examples", "batch_size", "stages", "up_to"}
+
+
+@dataclass
+class Experiment:
+    name: str
+    title: str
+    paper: str
+    runs: dict[str, TrainConfig]
+    segments: list[int] = field(default_factory=list)
+    examples: int = 100
+    batch_size: Optional[int] = None
+    stages: bool = False  # evaluate every stage's best checkpoint, each from 1 to up_to x its length
+    up_to: int = 4
+
+    @classmethod
+    def load(cls, name_or_path: str, out: Path) -> "Experiment":
+        """A bundled experiment by name, or a YAML file; its runs are placed under `out`."""
+        path = Path(name_or_path)
+        if not path.is_file():
+            path = _bundled("experiments", name_or_path)
+        data = _read_yaml(path)
+        unknown = set(data) - EXPERIMENT_KEYS
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {sorted(unknown)}; an experiment has {sorted(EXPERIMENT_KEYS)}")
+        base = data.get("base", "demo")
+        base = dict(base) if isinstance(base, dict) else _read_yaml(Path(base) if Path(base).is_file()
+                                                                     else _bundled("", base))
+        runs = data.get("runs")
+        if not isinstance(runs, dict) or not runs:
+            raise ValueError(f"{path}: `runs` must map run names to overrides, e.g. {{rmt: {{}}, armt: {{rmt.memory: armt}}}}")
+        configs = {}
+        for run, changes in runs.items():
+            merged = _with(_with(base, data.get("set") or {}, path), changes or {}, path)
+            try:
+                configs[str(run)] = TrainConfig.from_dict({**merged, "out_dir": str(out / str(run))})
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{path}: run {run!r}: {err}") from None
+        spec = data.get("eval") or {}
+        unknown = set(spec) - EVAL_KEYS
+        if unknown:
+            raise ValueError(f"{path}: unknown eval keys {sorted(unknown)}; use {sorted(EVAL_KEYS)}")
+        segments = [int(n) for n in spec.get("segments", [])]
+        if not spec.get("stages") and not segments:
+            raise ValueError(f"{path}: eval needs `segments: [...]` (or `stages: true` for a heatmap)")
+        return cls(name=path.stem, title=str(data.get("title", path.stem)), paper=str(data.get("paper", "")),
+                   runs=configs, segments=segments, examples=int(spec.get("examples", 100)),
+                   batch_size=spec.get("batch_size"), stages=bool(spec.get("stages", False)),
+                   up_to=int(spec.get("up_to", 4)))
+
+
+def _bundled(folder: str, name: str) -> Path:
+    root = resources.files("rmt") / "configs"
+    path = Path(str(root / folder / f"{name}.yaml"))
+    if not path.is_file():
+        known = sorted(p.stem for p in Path(str(root / folder)).glob("*.yaml"))
+        raise FileNotFoundError(f"no file {name!r} and no bundled {'experiment' if folder else 'config'} of that "
+                                f"name; bundled: {', '.join(known)}")
+    return path
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def _with(data: dict[str, Any], changes: dict[str, Any], path: Path) -> dict[str, Any]:
+    """`data` with dotted-key `changes` applied (``rmt.memory: armt`` sets data["rmt"]["memory"])."""
+    data = json.loads(json.dumps(data))  # a deep copy
+    for key, value in changes.items():
+        target = data
+        *parents, leaf = str(key).split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise ValueError(f"{path}: override {key!r}: {parent!r} is not a mapping")
+        target[leaf] = value
+    return data
+
+
+def run(experiment: Experiment, out: Path) -> dict[str, Any]:
+    """Train every run (resuming), evaluate it (keeping what was measured), write results.json and the plot."""
+    from .training import train
+
+    started = time.time()
+    results: dict[str, Any] = {"experiment": experiment.name, "title": experiment.title, "paper": experiment.paper,
+                               "examples_per_length": experiment.examples, "runs": {}}
+    timing_file = out / "train_seconds.json"
+    for name, config in experiment.runs.items():
+        print(f"[{name}] training: {config.task}, curriculum {[s.segments for s in config.stages()]}, rmt {config.rmt}")
+        t0 = time.time()
+        trained = train(config)
+        timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+        timing[name] = round(timing.get(name, 0.0) + time.time() - t0, 1)  # over every call, a resumed run's too
+        write_json_atomic(timing_file, timing)
+        entry = {"config": {k: v for k, v in config.to_dict().items() if k != "out_dir"},
+                 "stages": trained.stages, "train_seconds": timing[name],
+                 "segment_size": int(config.rmt.get("segment_size", 128)), "metric": config.metric}
+        checkpoints = ([(f"{s['segments']}", s["best_dir"], s["segments"]) for s in trained.stages] if experiment.stages
+                       else [("final", trained.stages[-1]["best_dir"], None)])
+        entry["eval"] = {}
+        for label, best_dir, length in checkpoints:
+            segments = list(range(1, experiment.up_to * length + 1)) if length else experiment.segments
+            entry["eval"][label] = _evaluated(out / "evals" / f"{name}-{label}.json", config, best_dir, segments,
+                                              experiment)
+        results["runs"][name] = entry
+    results["seconds"] = round(time.time() - started, 1)
+    write_json_atomic(out / "results.json", results)
+    draw(results, out / f"{experiment.name}.png", heatmap=experiment.stages)
+    return results
+
+
+def _evaluated(cache: Path, config: TrainConfig, best_dir: str, segments: list[int], experiment: Experiment) -> dict:
+    """The metric of the model in `best_dir` at each segment count; read back when already measured."""
+    from .evaluation.by_length import metric_by_length
+    from .training.trainer import load_trained, make_tasks
+
+    spec = {"model": str(Path(best_dir).resolve()), "examples": experiment.examples, "task": config.task,
+            "task_args": config.task_args, "metric": config.metric}
+    done = json.loads(cache.read_text()) if cache.is_file() else {}
+    if done.get("spec") != spec:
+        done = {"spec": spec, "values": {}}
+    missing = [n for n in segments if str(n) not in done["values"]]
+    if missing:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        model = load_trained(config, best_dir)
+        tasks = make_tasks(config)
+        for n in missing:  # one length at a time, kept at once: a killed experiment loses one length at most
+            t0 = time.time()
+            value = metric_by_length({"m": model}, tasks, [n], experiment.examples,
+                                     experiment.batch_size or config.eval_batch_size, config.metric, progress=False)["m"][0]
+            done["values"][str(n)] = {"value": value, "seconds": round(time.time() - t0, 1)}
+            write_json_atomic(cache, done)
+            print(f"  {cache.stem} at {n} segments: {config.metric} {value:.3f} ({time.time() - t0:.0f} s)")
+    return {"segments": segments, config.metric: [done["values"][str(n)]["value"] for n in segments],
+            "eval_seconds": round(sum(done["values"][str(n)]["seconds"] for n in segments), 1)}
+
+
+def draw(results: dict[str, Any], path: Path, heatmap: bool) -> None:
+    """Curves of the metric by input length (one per run), or the heatmap of trained x evaluated length."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    runs = results["runs"]
+    if heatmap:
+        fig, axes = plt.subplots(1, len(runs), figsize=(6.4 * len(runs), 3.6), squeeze=False)
+        for ax, (name, entry) in zip(axes[0], runs.items()):
+            metric = entry["metric"]
+            rows = list(entry["eval"].items())
+            width = max(len(e["segments"]) for _, e in rows)
+            grid = np.full((len(rows), width), np.nan)
+            for i, (_, e) in enumerate(rows):
+                grid[i, :len(e[metric])] = e[metric]
+            image = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=1,
+                              extent=(0.5, width + 0.5, -0.5, len(rows) - 0.5))
+            ax.set_yticks(range(len(rows)), [label for label, _ in rows])
+            ax.set_xlabel("evaluated on, segments")
+            ax.set_ylabel("trained on, segments")
+            ax.set_title(f"{name}: {metric}", fontsize=9)
+            fig.colorbar(image, ax=ax)
+    else:
+        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        for name, entry in runs.items():
+            e = entry["eval"]["final"]
+            ax.plot([n * entry["segment_size"] for n in e["segments"]], e[entry["metric"]], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("input length, tokens")
+        ax.set_ylabel(next(iter(runs.values()))["metric"])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(results["title"], fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [results["title"]]
+    for name, entry in results["runs"].items():
+        for label, e in entry["eval"].items():
+            cells = "  ".join(f"{n}:{v:.3f}" for n, v in zip(e["segments"], e[entry["metric"]]))
+            lines.append(f"{name}{'' if label == 'final' else f' (trained on {label})'}: {entry['metric']} by segments  {cells}")
+    lines.append(f"{results['seconds'] / 60:.1f} min in this call")
+    return "\n".join(lines)
+
+
+def add_subparser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("reproduce", help="run one of the papers' experiments (train, evaluate, plot)",
+                              description=run_reproduce.__doc__)
+    p.add_argument("experiment", nargs="?", help="a bundled experiment's name (see --list) or an experiment YAML file")
+    p.add_argument("--out", help="output folder (default: runs/reproduce/NAME); an interrupted experiment resumes")
+    p.add_argument("--list", action="store_true", help="list the bundled experiments")
+    p.set_defaults(func=run_reproduce)
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    """Train and evaluate the runs of an experiment; write results.json, NAME.png and print a table."""
+    if args.list or not args.experiment:
+        for path in sorted(Path(str(resources.files("rmt") / "configs" / "experiments")).glob("*.yaml")):
+            print(f"{path.stem:<24} {_read_yaml(path).get('title', '')}")
+        return 0 if args.list else 2
+    name = Path(args.experiment).stem
+    out = Path(args.out or Path("runs") / "reproduce" / name)
+    results = run(Experiment.load(args.experiment, out), out)
+    print(table(results))
+    print(f"wrote {out / 'results.json'} and {out / (name + '.png')}")
+    return 0

@@ -1,0 +1,94 @@
+"""`rmt reproduce`: experiments are configs plus one command, resumable, with results and a plot."""
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rmt.cli import main
+from rmt.experiments import Experiment
+
+TINY_BASE = dict(
+    task="detect-and-memorize", task_args={"kind": "classification"}, tokenizer="word",
+    backbone={"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "intermediate_size": 37},
+    rmt={"num_mem_tokens": 2, "segment_size": 16}, curriculum=[1, 2], steps_per_stage=2, batch_size=4,
+    eval_every=2, eval_examples=4, eval_batch_size=4, save_every=2,
+)
+
+
+def write(tmp_path: Path, **spec) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({"title": "tiny", "base": TINY_BASE, **spec}))
+    return path
+
+
+def test_runs_train_evaluate_and_resume_without_training_again(tmp_path, capsys):
+    path = write(tmp_path, runs={"rmt": {}, "no-memory": {"rmt.num_mem_tokens": 0, "curriculum": [1]}},
+                 eval={"segments": [1, 3], "examples": 4})
+    out = tmp_path / "out"
+    assert main(["reproduce", str(path), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["runs"]) == {"rmt", "no-memory"}
+    for entry in results["runs"].values():
+        measured = entry["eval"]["final"]
+        assert measured["segments"] == [1, 3] and all(0 <= v <= 1 for v in measured["accuracy"])
+    assert [s["segments"] for s in results["runs"]["rmt"]["stages"]] == [1, 2]
+    assert results["runs"]["no-memory"]["config"]["rmt"]["num_mem_tokens"] == 0  # the override reached the run
+    assert (out / "tiny.png").stat().st_size > 0
+    kept = {p.name: p.read_text() for p in (out / "evals").iterdir()}
+    stages = (out / "rmt" / "state.json").read_text()
+    assert main(["reproduce", str(path), "--out", str(out)]) == 0  # again: nothing is trained or measured twice
+    assert (out / "rmt" / "state.json").read_text() == stages
+    assert {p.name: p.read_text() for p in (out / "evals").iterdir()} == kept
+    assert json.loads((out / "results.json").read_text())["runs"]["rmt"]["eval"] == results["runs"]["rmt"]["eval"]
+
+
+def test_stages_mode_evaluates_every_checkpoint_to_a_multiple_of_its_length(tmp_path):
+    path = write(tmp_path, runs={"rmt": {}}, eval={"stages": True, "up_to": 2, "examples": 4})
+    out = tmp_path / "out"
+    assert main(["reproduce", str(path), "--out", str(out)]) == 0
+    evals = json.loads((out / "results.json").read_text())["runs"]["rmt"]["eval"]
+    assert {k: v["segments"] for k, v in evals.items()} == {"1": [1, 2], "2": [1, 2, 3, 4]}
+    assert (out / "tiny.png").stat().st_size > 0
+
+
+def test_a_changed_evaluation_is_measured_again(tmp_path):
+    out = tmp_path / "out"
+    assert main(["reproduce", str(write(tmp_path, runs={"rmt": {}}, eval={"segments": [1], "examples": 4})),
+                 "--out", str(out)]) == 0
+    assert main(["reproduce", str(write(tmp_path, runs={"rmt": {}}, eval={"segments": [1], "examples": 8})),
+                 "--out", str(out)]) == 0
+    cache = json.loads((out / "evals" / "rmt-final.json").read_text())
+    assert cache["spec"]["examples"] == 8
+
+
+@pytest.mark.parametrize("path", sorted(Path(str(resources.files("rmt") / "configs" / "experiments")).glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_bundled_experiment_is_a_valid_config(path, tmp_path):
+    experiment = Experiment.load(str(path), tmp_path)
+    assert experiment.runs and experiment.title
+    assert experiment.stages or experiment.segments
+    assert main(["reproduce", "--list"]) == 0
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"runs": {"rmt": {}}, "eval": {"segments": [1]}, "colour": 1}, "unknown keys"),
+    ({"runs": {}, "eval": {"segments": [1]}}, "`runs` must map"),
+    ({"runs": {"rmt": {"learning_rate": -1}}, "eval": {"segments": [1]}}, "run 'rmt': learning_rate"),
+    ({"runs": {"rmt": {}}}, "eval needs"),
+    ({"runs": {"rmt": {}}, "eval": {"segments": [1], "lengths": 3}}, "unknown eval keys"),
+])
+def test_bad_experiments_exit_2_with_one_line(tmp_path, capsys, spec, message):
+    assert main(["reproduce", str(write(tmp_path, **spec)), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_experiment_name_lists_the_bundled_ones(capsys):
+    assert main(["reproduce", "no-such-figure"]) == 2
+    err = capsys.readouterr().err
+    assert "fig4-heatmap" in err and len(err.strip().splitlines()) == 1
