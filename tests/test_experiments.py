@@ -38,11 +38,11 @@ def test_runs_train_evaluate_and_resume_without_training_again(tmp_path, capsys)
     assert [s["segments"] for s in results["runs"]["rmt"]["stages"]] == [1, 2]
     assert results["runs"]["no-memory"]["config"]["rmt"]["num_mem_tokens"] == 0  # the override reached the run
     assert (out / "tiny.png").stat().st_size > 0
-    kept = {p.name: p.read_text() for p in (out / "evals").iterdir()}
+    kept = {p.name: (p.read_text(), p.stat().st_mtime_ns) for p in (out / "evals").iterdir()}
     stages = (out / "rmt" / "state.json").read_text()
     assert main(["reproduce", str(path), "--out", str(out)]) == 0  # again: nothing is trained or measured twice
     assert (out / "rmt" / "state.json").read_text() == stages
-    assert {p.name: p.read_text() for p in (out / "evals").iterdir()} == kept
+    assert {p.name: (p.read_text(), p.stat().st_mtime_ns) for p in (out / "evals").iterdir()} == kept
     assert json.loads((out / "results.json").read_text())["runs"]["rmt"]["eval"] == results["runs"]["rmt"]["eval"]
 
 
