@@ -44,3 +44,7 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+
+# the papers' experiments, one command each (`rmt reproduce --list`), e.g. make reproduce-fig5-detect
+reproduce-%: setup
+	$(BIN)/rmt reproduce $*
