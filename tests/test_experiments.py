@@ -9,6 +9,7 @@ import yaml
 
 from rmt.cli import main
 from rmt.experiments import Experiment
+from rmt.training.trainer import _check_tasks, build_model
 
 TINY_BASE = dict(
     task="detect-and-memorize", task_args={"kind": "classification"}, tokenizer="word",
@@ -71,6 +72,12 @@ def test_every_bundled_experiment_is_a_valid_config(path, tmp_path):
     experiment = Experiment.load(str(path), tmp_path)
     assert experiment.runs and experiment.title
     assert experiment.stages or experiment.segments
+    for config in experiment.runs.values():  # what `train` checks before it starts: every length can be made
+        _, tasks = build_model(config)
+        _check_tasks(config, tasks)
+        for n in experiment.segments:
+            if n * tasks.segment_size <= 20_000:  # the longest inputs differ only in how much background they hold
+                tasks(n).example(0, "validation")
     assert main(["reproduce", "--list"]) == 0
 
 
