@@ -73,11 +73,6 @@ def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(3, VOCAB - 1, (batch, length), generator=g)  # no special ids
 
 
-def skip_generate_with_xl(mechanism: str) -> None:
-    if mechanism.endswith("+xl"):
-        pytest.skip("generate() with xl_cache is not supported yet (a clear error, tested)")
-
-
 def state_rows(state, rows):
     """The rows of a memory state (a tensor or a tuple of tensors, batch first)."""
     from torch.utils._pytree import tree_map

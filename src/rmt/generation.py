@@ -2,7 +2,7 @@
 
 Decoding runs the backbone's own `generate` on ``[what the mechanism puts before the tokens |
 the last partial segment]``, inside the mechanism's decoding context (layer hooks, for a memory
-that lives in the layers). When a segment fills up, its memory is written through `forward` (the
+that lives in the layers; a pre-hook that puts the XL cache in front of the backbone's own). When a segment fills up, its memory is written through `forward` (the
 one segment loop) and decoding continues in a new segment.
 """
 
