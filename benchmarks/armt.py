@@ -25,7 +25,7 @@ import torch
 import transformers
 
 import rmt
-from common import interleaved, isolated, md_table, target, write_result
+from common import WRAPPER_MODES, interleaved, isolated, md_table, target, write_result
 from longread import QUICK_TOKENS, TOKENS
 
 NAME = "armt"
@@ -55,24 +55,10 @@ def timing(quick: bool, repeats: int) -> dict[str, Any]:
     torch.manual_seed(1)
     ids = torch.randint(0, cfg.vocab_size, (1, 2 * segment))
 
-    def forward(model):
-        def run() -> None:
-            model.eval()
-            with torch.no_grad():
-                model(ids, return_logits=False)
-        return run
-
-    def train_step(model):
-        def run() -> None:
-            model.train()
-            model.zero_grad(set_to_none=True)
-            model(ids, labels=ids, return_logits=False).loss.backward()
-        return run
-
     out: dict[str, Any] = {"shape": {k: getattr(cfg, k) for k in ("n_layer", "n_embd", "n_head", "vocab_size")},
                            "segment_size": segment, "num_mem_tokens": memory, "d_mem": d_mem, "segments": 2}
-    for mode, make in (("forward", forward), ("train_step", train_step)):
-        t = interleaved({name: make(m) for name, m in models.items()}, repeats=repeats,
+    for mode, make in WRAPPER_MODES:
+        t = interleaved({name: make(m, ids) for name, m in models.items()}, repeats=repeats,
                         warmup=1 if mode == "forward" else 0, reference="rmt")
         out[mode] = {**t, "ratio_armt_over_rmt": t["ratio"]["armt"]}
         print(f"[{NAME}] {mode}: rmt {t['median_s']['rmt']:.3f}s armt {t['median_s']['armt']:.3f}s "

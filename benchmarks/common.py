@@ -126,6 +126,27 @@ def interleaved(variants: dict[str, Callable[[], Any]], repeats: int, warmup: in
     }
 
 
+def wrapper_forward(model: Any, ids: torch.Tensor) -> Callable[[], None]:
+    """One eval forward of an RMT wrapper under no_grad, no per-token logits kept."""
+    def run() -> None:
+        model.eval()
+        with torch.no_grad():
+            model(ids, return_logits=False)
+    return run
+
+
+def wrapper_train_step(model: Any, ids: torch.Tensor) -> Callable[[], None]:
+    """One training step of an RMT wrapper (train mode, forward + backward on the LM loss)."""
+    def run() -> None:
+        model.train()
+        model.zero_grad(set_to_none=True)
+        model(ids, labels=ids, return_logits=False).loss.backward()
+    return run
+
+
+WRAPPER_MODES = (("forward", wrapper_forward), ("train_step", wrapper_train_step))
+
+
 # ---------------------------------------------------------------------------------------- memory
 
 
