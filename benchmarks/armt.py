@@ -22,10 +22,9 @@ from typing import Any, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-import transformers
 
 import rmt
-from common import WRAPPER_MODES, interleaved, isolated, md_table, target, write_result
+from common import QUICK_GPT2, WRAPPER_MODES, interleaved, isolated, md_table, random_gpt2, target, write_result
 from longread import QUICK_TOKENS, TOKENS
 
 NAME = "armt"
@@ -37,13 +36,9 @@ SPEED_TARGET = 0.90
 def build_pair(quick: bool):
     """One GPT-2 backbone wrapped twice: token memory and associative memory."""
     segment, memory, d_mem = (64, 4, 16) if quick else (512, 16, 64)
-    shape = dict(n_layer=2, n_embd=64, n_head=4, vocab_size=1000) if quick else dict(n_layer=6, n_embd=768, n_head=12,
-                                                                                      vocab_size=50257)
-    cfg = transformers.GPT2Config(**shape, n_positions=segment + 2 * memory, resid_pdrop=0.0, embd_pdrop=0.0,
-                                  attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, loss_type="ForCausalLM")
-    cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    backbone = transformers.GPT2LMHeadModel(cfg)
+    shape = QUICK_GPT2 if quick else dict(n_layer=6, n_embd=768, n_head=12, vocab_size=50257)
+    backbone = random_gpt2(shape, segment + 2 * memory)
+    cfg = backbone.config
     token = rmt.RecurrentMemoryTransformer(backbone, rmt.RMTConfig(num_mem_tokens=memory, segment_size=segment))
     assoc = rmt.RecurrentMemoryTransformer(backbone, rmt.RMTConfig(num_mem_tokens=memory, segment_size=segment,
                                                                    memory="armt", d_mem=d_mem))

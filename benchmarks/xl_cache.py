@@ -27,7 +27,7 @@ import torch
 import transformers
 
 import rmt
-from common import WRAPPER_MODES, interleaved, md_table, target, write_result
+from common import QUICK_GPT2, WRAPPER_MODES, interleaved, md_table, random_gpt2, target, write_result
 from rmt.analysis.flops import forward_flops, from_hf_config
 
 NAME = "xl_cache"
@@ -37,13 +37,9 @@ TARGET = 1.10  # measured ratio / FLOPs floor
 def build_pair(quick: bool):
     """One GPT-2 backbone wrapped twice: RMT, and RMT with an XL cache."""
     segment, memory, cache, segments = (64, 4, 64, 3) if quick else (512, 16, 512, 4)
-    shape = dict(n_layer=2, n_embd=64, n_head=4, vocab_size=1000) if quick else dict(n_layer=4, n_embd=512, n_head=8,
-                                                                                      vocab_size=8192)
-    cfg = transformers.GPT2Config(**shape, n_positions=segment + 2 * memory + cache, resid_pdrop=0.0, embd_pdrop=0.0,
-                                  attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, loss_type="ForCausalLM")
-    cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    backbone = transformers.GPT2LMHeadModel(cfg)
+    shape = QUICK_GPT2 if quick else dict(n_layer=4, n_embd=512, n_head=8, vocab_size=8192)
+    backbone = random_gpt2(shape, segment + 2 * memory + cache)
+    cfg = backbone.config
     plain = rmt.RecurrentMemoryTransformer(backbone, rmt.RMTConfig(num_mem_tokens=memory, segment_size=segment))
     xl = rmt.RecurrentMemoryTransformer(backbone, rmt.RMTConfig(num_mem_tokens=memory, segment_size=segment,
                                                                 xl_cache=cache))
