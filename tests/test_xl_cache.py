@@ -117,8 +117,9 @@ def test_decoded_logits_equal_forward_logits(kind):
     with reading:
         first = model.backbone(inputs_embeds=embeds, attention_mask=mask, use_cache=True)
         nxt = torch.stack([ids[0, 19], ids[1, 10]]).view(2, 1)
+        cache = getattr(first, "cache", None) or first.past_key_values
         step = model.backbone(input_ids=nxt, attention_mask=torch.cat([mask, torch.ones_like(nxt)], dim=1),
-                              use_cache=True, **{mech._cache_kwarg: getattr(first, "cache", None) or first.past_key_values})
+                              use_cache=True, **{mech._cache_kwarg: cache})
     for i, (start, seg) in enumerate(zip(ends, segments)):
         n = seg.shape[0]
         ref = model(ids[i : i + 1, : start + n + 1]).logits[0, start:]  # (n + 1, V)
