@@ -63,7 +63,7 @@ def wrap(kind: str, mechanism: str = "rmt", **config) -> rmt.RecurrentMemoryTran
     model = rmt.RecurrentMemoryTransformer(BACKBONES[kind](), rmt.RMTConfig(**config)).eval()
     if config["memory"] == "armt":  # W_v starts at zero (nothing written); a trained-looking one writes
         with torch.no_grad():
-            for block in model.mechanism.assoc:
+            for block in getattr(model.mechanism, "inner", model.mechanism).assoc:  # inner: under an XL cache
                 block.W_v.weight.normal_(0, 0.3)
     return model
 

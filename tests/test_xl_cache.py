@@ -137,6 +137,15 @@ def test_tr_xl_generate_equals_argmax_decoding(kind, xl_cache):
     assert torch.equal(model.generate(ids, max_new_tokens=21), argmax_decode(model, ids, 21))
 
 
+@pytest.mark.parametrize("kind", ["gpt2", "llama-sink"])
+def test_armt_with_a_cache_generates_as_argmax_decoding(kind):
+    """Around ARMT the cache's decoding context holds ARMT's layer hooks as well."""
+    model = wrap(kind, "armt", xl_cache=12)
+    model.backbone.generation_config.eos_token_id = None
+    ids = random_ids(2, 11)
+    assert torch.equal(model.generate(ids, max_new_tokens=21), argmax_decode(model, ids, 21))
+
+
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 def test_with_a_cache_as_long_as_the_input_generate_is_the_backbones(kind):
     """No memory, a cache of 48 positions, 8-token segments: prompts of 10 and 6 tokens (a ragged,
