@@ -22,10 +22,9 @@ from typing import Any, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-import transformers
 
 import rmt
-from common import interleaved, isolated, md_table, target, write_result
+from common import QUICK_GPT2, WRAPPER_MODES, interleaved, isolated, md_table, random_gpt2, target, write_result
 from longread import QUICK_TOKENS, TOKENS
 
 NAME = "armt"
@@ -37,13 +36,9 @@ SPEED_TARGET = 0.90
 def build_pair(quick: bool):
     """One GPT-2 backbone wrapped twice: token memory and associative memory."""
     segment, memory, d_mem = (64, 4, 16) if quick else (512, 16, 64)
-    shape = dict(n_layer=2, n_embd=64, n_head=4, vocab_size=1000) if quick else dict(n_layer=6, n_embd=768, n_head=12,
-                                                                                      vocab_size=50257)
-    cfg = transformers.GPT2Config(**shape, n_positions=segment + 2 * memory, resid_pdrop=0.0, embd_pdrop=0.0,
-                                  attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, loss_type="ForCausalLM")
-    cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    backbone = transformers.GPT2LMHeadModel(cfg)
+    shape = QUICK_GPT2 if quick else dict(n_layer=6, n_embd=768, n_head=12, vocab_size=50257)
+    backbone = random_gpt2(shape, segment + 2 * memory)
+    cfg = backbone.config
     token = rmt.RecurrentMemoryTransformer(backbone, rmt.RMTConfig(num_mem_tokens=memory, segment_size=segment))
     assoc = rmt.RecurrentMemoryTransformer(backbone, rmt.RMTConfig(num_mem_tokens=memory, segment_size=segment,
                                                                    memory="armt", d_mem=d_mem))
@@ -55,24 +50,10 @@ def timing(quick: bool, repeats: int) -> dict[str, Any]:
     torch.manual_seed(1)
     ids = torch.randint(0, cfg.vocab_size, (1, 2 * segment))
 
-    def forward(model):
-        def run() -> None:
-            model.eval()
-            with torch.no_grad():
-                model(ids, return_logits=False)
-        return run
-
-    def train_step(model):
-        def run() -> None:
-            model.train()
-            model.zero_grad(set_to_none=True)
-            model(ids, labels=ids, return_logits=False).loss.backward()
-        return run
-
     out: dict[str, Any] = {"shape": {k: getattr(cfg, k) for k in ("n_layer", "n_embd", "n_head", "vocab_size")},
                            "segment_size": segment, "num_mem_tokens": memory, "d_mem": d_mem, "segments": 2}
-    for mode, make in (("forward", forward), ("train_step", train_step)):
-        t = interleaved({name: make(m) for name, m in models.items()}, repeats=repeats,
+    for mode, make in WRAPPER_MODES:
+        t = interleaved({name: make(m, ids) for name, m in models.items()}, repeats=repeats,
                         warmup=1 if mode == "forward" else 0, reference="rmt")
         out[mode] = {**t, "ratio_armt_over_rmt": t["ratio"]["armt"]}
         print(f"[{NAME}] {mode}: rmt {t['median_s']['rmt']:.3f}s armt {t['median_s']['armt']:.3f}s "

@@ -126,6 +126,39 @@ def interleaved(variants: dict[str, Callable[[], Any]], repeats: int, warmup: in
     }
 
 
+QUICK_GPT2 = dict(n_layer=2, n_embd=64, n_head=4, vocab_size=1000)  # the --quick backbone shape
+
+
+def random_gpt2(shape: dict[str, int], positions: int) -> transformers.GPT2LMHeadModel:
+    """A GPT-2 of `shape` (n_layer, n_embd, n_head, vocab_size) with random weights (seed 0), dropout off, sdpa."""
+    cfg = transformers.GPT2Config(**shape, n_positions=positions, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                  bos_token_id=0, eos_token_id=0, loss_type="ForCausalLM")
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+def wrapper_forward(model: Any, ids: torch.Tensor) -> Callable[[], None]:
+    """One eval forward of an RMT wrapper under no_grad, no per-token logits kept."""
+    def run() -> None:
+        model.eval()
+        with torch.no_grad():
+            model(ids, return_logits=False)
+    return run
+
+
+def wrapper_train_step(model: Any, ids: torch.Tensor) -> Callable[[], None]:
+    """One training step of an RMT wrapper (train mode, forward + backward on the LM loss)."""
+    def run() -> None:
+        model.train()
+        model.zero_grad(set_to_none=True)
+        model(ids, labels=ids, return_logits=False).loss.backward()
+    return run
+
+
+WRAPPER_MODES = (("forward", wrapper_forward), ("train_step", wrapper_train_step))
+
+
 # ---------------------------------------------------------------------------------------- memory
 
 

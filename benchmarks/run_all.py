@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-BENCHMARKS = ["overhead", "fullattn", "peer", "longread", "trainmem", "armt"]
+BENCHMARKS = ["overhead", "fullattn", "peer", "longread", "trainmem", "armt", "xl_cache"]
 TITLES = {
     "overhead": "1. Overhead against the bare backbone (same segments)",
     "fullattn": "2. Against full attention (whole input at once)",
@@ -28,6 +28,7 @@ TITLES = {
     "longread": "4. Long read: `stream()` and one forward call",
     "trainmem": "5. Training memory against BPTT depth",
     "armt": "6. Associative memory (ARMT) against token memory (RMT)",
+    "xl_cache": "7. Transformer-XL cache (Tr-XL + RMT) against RMT",
 }
 
 

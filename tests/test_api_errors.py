@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import random_ids, skip_generate_with_xl, wrap
+from conftest import random_ids, wrap
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "bert"])
@@ -50,7 +50,6 @@ def test_memory_with_nan_or_the_wrong_shape_is_refused(mechanism):
 
 
 def test_generate_takes_min_new_tokens(mechanism):
-    skip_generate_with_xl(mechanism)
     model = wrap("llama", mechanism)
     ids = random_ids(1, 6)
     first = model.generate(ids, max_new_tokens=1)[0, -1].item()

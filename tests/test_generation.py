@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import random_ids, skip_generate_with_xl, wrap
+from conftest import random_ids, wrap
 
 ATOL = 1e-5
 
@@ -16,7 +16,6 @@ def argmax_decode(model, ids, steps):
 
 @pytest.mark.parametrize("prompt_len", [5, 8, 19])
 def test_greedy_generate_equals_argmax_decoding(decoder_kind, prompt_len, mechanism):
-    skip_generate_with_xl(mechanism)
     model = wrap(decoder_kind, mechanism)
     model.backbone.generation_config.eos_token_id = None  # decode the full length
     ids = random_ids(2, prompt_len)
@@ -29,10 +28,12 @@ def test_greedy_generate_equals_argmax_decoding(decoder_kind, prompt_len, mechan
 def test_generate_writes_memory_at_segment_boundaries(decoder_kind, mechanism):
     """If memory were not written while decoding, tokens after a boundary would not depend on
     the prompt's first segment; with memory they do."""
-    skip_generate_with_xl(mechanism)
     model = wrap(decoder_kind, mechanism)
     if not model.mechanism.carries_memory:
         pytest.skip("a Memory Transformer writes no memory")
+    if mechanism.endswith("+xl"):
+        pytest.skip("without memory, the XL cache's deeper layers still carry the first segment (their states saw it); "
+                    "writes at boundaries are checked by the argmax test")
     model.backbone.generation_config.eos_token_id = None
     ids = random_ids(1, 8)
     other = random_ids(1, 8, seed=9)
@@ -49,7 +50,6 @@ def test_generate_writes_memory_at_segment_boundaries(decoder_kind, mechanism):
 
 
 def test_generate_with_sampling_is_seeded(decoder_kind, mechanism):
-    skip_generate_with_xl(mechanism)
     model = wrap(decoder_kind, mechanism)
     ids = random_ids(2, 11)
     torch.manual_seed(0)
@@ -64,7 +64,6 @@ def test_generate_ragged_prompts_match_single_prompts(decoder_kind, side, mechan
     """A ragged batch decodes together: prompts of 19, 13 and 5 tokens (2, 1 and 0 full segments
     of 8 before the last) each get what they would get alone, across memory writes at different
     steps, returned left-padded."""
-    skip_generate_with_xl(mechanism)
     model = wrap(decoder_kind, mechanism)
     model.backbone.generation_config.eos_token_id = None
     ids = random_ids(3, 19)
@@ -85,7 +84,6 @@ def test_generate_ragged_prompts_match_single_prompts(decoder_kind, side, mechan
 
 
 def test_generate_ragged_batch_pads_after_each_samples_eos(decoder_kind, mechanism):
-    skip_generate_with_xl(mechanism)
     model = wrap(decoder_kind, mechanism)
     model.backbone.generation_config.eos_token_id = None
     ids = random_ids(2, 11)
@@ -108,7 +106,6 @@ def test_generate_ragged_batch_pads_after_each_samples_eos(decoder_kind, mechani
 
 
 def test_generate_stops_at_eos(decoder_kind, mechanism):
-    skip_generate_with_xl(mechanism)
     model = wrap(decoder_kind, mechanism)
     ids = random_ids(1, 6)
     first = model.generate(ids, max_new_tokens=1)[0, -1].item()

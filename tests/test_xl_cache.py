@@ -77,12 +77,96 @@ def test_the_position_check_counts_the_cache():
         wrap("bert", xl_cache=8)
 
 
-def test_xl_with_memory_and_errors():
+def test_xl_state_with_memory_and_errors():
     model = wrap("llama", num_mem_tokens=4, xl_cache=12)
     state = model(random_ids(2, 20)).memory
     assert state.inner.shape == (2, 4, 32) and state.keys.shape == (2, 2, 2, 12, 8)
     assert state.length.tolist() == [12, 12]
-    with pytest.raises(ValueError, match="xl_cache is not supported yet"):
-        model.generate(random_ids(1, 5), max_new_tokens=2)
     with pytest.raises(ValueError):
         rmt.RecurrentMemoryTransformer(tiny_llama(), rmt.RMTConfig(xl_cache=0))
+
+
+# generation: decoding reads the cache as forward does
+
+
+def argmax_decode(model, ids, steps):
+    for _ in range(steps):
+        nxt = model(ids).logits[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, nxt], dim=1)
+    return ids
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_decoded_logits_equal_forward_logits(kind):
+    """Inside the decoding context the backbone, fed [prefix | tokens] and then one token at a time
+    with its own KV cache, gives forward's logits: it attends to the cached keys and values at
+    forward's positions (rows with 12 and 8 cached tokens, the shorter one left-padded)."""
+    from rmt.generation import _decoding_inputs
+
+    model = wrap(kind, num_mem_tokens=4, xl_cache=12)
+    mech = model.mechanism
+    ids = random_ids(2, 20)
+    read = torch.ones(2, 16, dtype=torch.long)
+    read[1, 8:] = 0  # row 1 reads one segment, row 0 two
+    state = model(ids[:, :16], attention_mask=read).memory
+    assert state.length.tolist() == [12, 8]
+    ends = [16, 8]  # where each row's partial segment starts
+    segments = [ids[0, 16:19], ids[1, 8:10]]  # 3 and 2 tokens
+    prefix, reading = mech.decoding(state, model._specials())
+    embeds, mask = _decoding_inputs(model, prefix, segments)
+    with reading:
+        first = model.backbone(inputs_embeds=embeds, attention_mask=mask, use_cache=True)
+        nxt = torch.stack([ids[0, 19], ids[1, 10]]).view(2, 1)
+        cache = getattr(first, "cache", None) or first.past_key_values
+        step = model.backbone(input_ids=nxt, attention_mask=torch.cat([mask, torch.ones_like(nxt)], dim=1),
+                              use_cache=True, **{mech._cache_kwarg: cache})
+    for i, (start, seg) in enumerate(zip(ends, segments)):
+        n = seg.shape[0]
+        ref = model(ids[i : i + 1, : start + n + 1]).logits[0, start:]  # (n + 1, V)
+        torch.testing.assert_close(first.logits[i, -n:], ref[:n], atol=1e-5, rtol=0)
+        torch.testing.assert_close(step.logits[i, -1], ref[n], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "llama-sink"])
+@pytest.mark.parametrize("xl_cache", [5, 20])  # less than a segment of 8; more than two
+def test_tr_xl_generate_equals_argmax_decoding(kind, xl_cache):
+    """num_mem_tokens=0: the Transformer-XL baseline, prompt 11 + 21 new tokens across 3 boundaries."""
+    model = wrap(kind, num_mem_tokens=0, xl_cache=xl_cache)
+    model.backbone.generation_config.eos_token_id = None
+    ids = random_ids(2, 11)
+    assert torch.equal(model.generate(ids, max_new_tokens=21), argmax_decode(model, ids, 21))
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama-sink"])
+def test_armt_with_a_cache_generates_as_argmax_decoding(kind):
+    """Around ARMT the cache's decoding context holds ARMT's layer hooks as well."""
+    model = wrap(kind, "armt", xl_cache=12)
+    model.backbone.generation_config.eos_token_id = None
+    ids = random_ids(2, 11)
+    assert torch.equal(model.generate(ids, max_new_tokens=21), argmax_decode(model, ids, 21))
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_with_a_cache_as_long_as_the_input_generate_is_the_backbones(kind):
+    """No memory, a cache of 48 positions, 8-token segments: prompts of 10 and 6 tokens (a ragged,
+    left-padded batch) and 30 new ones decode as the backbone's own greedy generate of each alone."""
+    model = wrap(kind, num_mem_tokens=0, xl_cache=48)
+    model.backbone.generation_config.eos_token_id = None
+    ids = random_ids(2, 10)
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=30, do_sample=False)
+    for i, start in enumerate((0, 4)):
+        alone = model.backbone.generate(ids[i : i + 1, start:], max_new_tokens=30, do_sample=False)
+        assert torch.equal(out[i, start:], alone[0]), i
+
+
+def test_generate_with_xl_refuses_bad_input():
+    with pytest.raises(ValueError, match="for decoders"):
+        wrap("bert", xl_cache=8)
+    with pytest.raises(ValueError, match="alignment='left'"):
+        wrap("llama", xl_cache=8, alignment="right").generate(random_ids(1, 12))
+    model = wrap("llama", xl_cache=8)
+    ids = random_ids(1, 5)
+    with pytest.raises(ValueError, match="another non-empty KV cache"):
+        model.generate(ids, max_new_tokens=2, **{model.mechanism._cache_kwarg: model.backbone(ids).past_key_values})

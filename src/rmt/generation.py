@@ -2,8 +2,9 @@
 
 Decoding runs the backbone's own `generate` on ``[what the mechanism puts before the tokens |
 the last partial segment]``, inside the mechanism's decoding context (layer hooks, for a memory
-that lives in the layers). When a segment fills up, its memory is written through `forward` (the
-one segment loop) and decoding continues in a new segment.
+that lives in the layers; a pre-hook that puts the XL cache in front of the backbone's own KV
+cache). When a segment fills up, its memory is written through `forward` (the one segment loop)
+and decoding continues in a new segment.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ segment so that the cache always sits at ``0 .. c - 1``: relative distances are 
 positions stay bounded however long the read. With absolute position tables (GPT-2-style) a
 key keeps the position it was computed at, and the position check counts the cache.
 
+Decoding (`generate`) reads the cache the same way: inside `decoding`'s context a forward pre-hook
+on the backbone puts the cache in front of the backbone's own KV cache and mask, and moves the
+decoded positions to ``c ..`` as in `segment`; at segment boundaries `forward` updates the cache.
+
 The state is `XLState(inner, keys, values, length)`: the inner mechanism's state and, per layer,
 the cache left-padded to ``xl_cache`` slots with each row's number of cached tokens.
 """
@@ -19,9 +23,11 @@ the cache left-padded to ``xl_cache`` slots with each row's number of cached tok
 from __future__ import annotations
 
 import inspect
-from typing import Any, NamedTuple, Optional
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Iterator, NamedTuple, Optional
 
 import torch
+from torch import nn
 
 from .base import BackboneInfo, MemoryMechanism, Run
 
@@ -60,6 +66,7 @@ class XLCache(MemoryMechanism):
             raise ValueError(f"xl_cache re-bases cached keys with Llama's rotary convention, and "
                              f"{cfg.model_type!r} is not known to use it (known: {', '.join(ROTARY_TYPES)})")
         self._rotary = rotary[0] if rotary else None  # not a submodule of ours: the backbone owns it
+        self._model = [backbone.base]  # a plain list: the backbone is not ours to save; decoding hooks it
         params = inspect.signature(backbone.base.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
 
@@ -144,7 +151,40 @@ class XLCache(MemoryMechanism):
         return keys * cos + _rotate_half(keys) * sin
 
     def decoding(self, state: XLState, specials: Optional[torch.Tensor]):
-        raise ValueError("generate() with xl_cache is not supported yet: read with forward() or stream()")
+        prefix, inner = self.inner.decoding(state.inner, specials)
+        return prefix, self._reading(state, inner)
+
+    @contextmanager
+    def _reading(self, state: XLState, inner: AbstractContextManager) -> Iterator[None]:
+        """Decoding that attends to the cache as `segment` does: a forward pre-hook on the backbone puts
+        the cache in front of the backbone's own (empty at the first call) KV cache, its slots in front of
+        the attention mask, and moves the positions to ``c ..``. The backbone's `generate` never sees the
+        cache, so its own bookkeeping (mask, positions, which inputs to feed) stays that of a fresh start."""
+        N, c = self.size, state.length.view(-1, 1)  # (b, 1) cached tokens per row
+        ours = self._cache(state)
+
+        def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            cache = kwargs.get(self._cache_kwarg)
+            if cache is not ours:
+                if cache is not None and cache.get_seq_length() > 0:
+                    raise ValueError("decoding with xl_cache starts from the XL cache; the backbone was given another "
+                                     "non-empty KV cache")
+                kwargs[self._cache_kwarg] = cache = ours
+            x = kwargs.get("inputs_embeds")
+            n = (x if x is not None else kwargs["input_ids"]).shape[1]
+            seen = cache.get_seq_length() - N  # what the backbone's generate has fed so far
+            mask = kwargs.get("attention_mask")  # (b, seen + n); generate drops an all-ones one
+            mask = torch.ones(c.shape[0], seen + n, dtype=torch.long, device=c.device) if mask is None else mask
+            kwargs["attention_mask"] = self._extend(state, mask)  # (b, N + seen + n)
+            kwargs["position_ids"] = c + (mask.long().cumsum(1) - 1).clamp(min=0)[:, -n:]  # (b, n)
+            return args, kwargs
+
+        with inner:
+            handle = self._model[0].register_forward_pre_hook(pre_hook, with_kwargs=True)
+            try:
+                yield
+            finally:
+                handle.remove()
 
     def select(self, state: XLState, rows: torch.Tensor) -> XLState:
         return XLState(self.inner.select(state.inner, rows), *(t.index_select(0, rows) for t in state[1:]))
