@@ -80,6 +80,9 @@ def test_the_panels_show_fig6s_operations_on_facts_in_known_segments(run):
         s = p.summary
         total = (s["write_on_facts"] or 0) + s["write_on_other_tokens"] + s["write_on_memory"] + s["write_on_special"]
         assert total == pytest.approx(1, abs=1e-5)
+        if p.facts:
+            share = s["write_on_facts"] / (s["write_on_facts"] + s["write_on_other_tokens"])
+            assert s["fact_lift"] == pytest.approx(share / (8 / S))
         k, start, end = p.facts[0] if p.facts else (None, 0, 0)
         if k:
             assert p.labels[start:end] == [t.lower() for t in task.tokenizer.tokenize(spans["facts"][k - 1]["text"])]

@@ -208,14 +208,16 @@ def attention_maps(read: AttentionRead, layer: Optional[int] = None, *, facts: S
             answer_row = answer_at + to_row
         elif answer_at is None and j == len(read.segments) - 1 and seg.positions("cls"):
             answer_row = seg.positions("cls")[0]
-        operation, title, contents = _describe(j + 1, here, before, q_row, answer_row, has_facts, facts, carries_memory)
+        asked = " ".join(labels[q_row[0] : q_row[1]]) if q_row else None
+        where = labels[answer_row] if answer_row is not None else None
+        operation, title, contents = _describe(j + 1, here, before, asked, where, has_facts, facts, carries_memory)
         panel = Panel(j + 1, operation, title, contents, matrix, seg.blocks, labels, here, q_row, answer_row)
         panel.summary = _summary(panel, seg)
         panels.append(panel)
     return panels
 
 
-def _describe(s: int, here: list, before: list, question: Optional[tuple], answer_row: Optional[int],
+def _describe(s: int, here: list, before: list, question: Optional[str], answer_at: Optional[str],
               has_facts: bool, facts: Sequence[dict], carries_memory: bool) -> tuple[str, str, str]:
     if not has_facts:
         return "read/write", f"segment {s}: memory read and written", "no facts marked in this task"
@@ -224,9 +226,9 @@ def _describe(s: int, here: list, before: list, question: Optional[tuple], answe
     if here:
         parts.append(("append", f"fact {numbers} added to memory") if before else ("write", f"fact {numbers} into memory"))
         what += [f'fact {k}: "{facts[k - 1]["text"]}"' for k, _, _ in here]
-    if question is not None or answer_row is not None:
+    if question is not None or answer_at is not None:
         parts.append(("read", "the answer reads memory"))
-        what.append("the question")
+        what.append((f'question: "{question}"' if question else "") + (f", answer read at {answer_at!r}" if answer_at else ""))
     if not parts:
         parts.append(("keep", "no fact, memory carried"))
         what.append("background text only")
@@ -253,6 +255,10 @@ def _summary(panel: Panel, seg: SegmentAttention) -> dict[str, Any]:
         "write_on_special": _mass(m, writers, special_cols),
         "tokens_on_memory": _mass(m, tokens, seg.positions(*READ_KEYS)) if seg.positions(*READ_KEYS) else None,
     }
+    on_facts, on_other = summary["write_on_facts"], summary["write_on_other_tokens"]
+    # the facts' part of the writes' attention on tokens, over the part uniform attention would give them
+    summary["fact_lift"] = (on_facts / (on_facts + on_other) / summary["fact_share"]
+                            if on_facts is not None and on_facts + on_other > 0 else None)
     if panel.answer_row is not None:
         q_cols = list(range(*panel.question)) if panel.question else []
         row = [panel.answer_row]
@@ -267,8 +273,8 @@ def describe_panel(panel: Panel) -> str:
     parts = [panel.title]
     if s["write_on_other_tokens"] is not None:
         facts = "" if s["write_on_facts"] is None else (
-            f"{s['write_on_facts']:.3f} on the facts ({s['fact_tokens']}/{s['tokens']} tokens, "
-            f"uniform {s['fact_share']:.3f}), ")
+            f"{s['write_on_facts']:.3f} on the facts ({s['fact_tokens']}/{s['tokens']} tokens: x{s['fact_lift']:.2f} "
+            f"uniform), ")
         parts.append(f"memory writes attend {facts}{s['write_on_other_tokens']:.3f} on other tokens, "
                      f"{s['write_on_memory']:.3f} on memory, {s['write_on_special']:.3f} on special tokens")
     if s["tokens_on_memory"] is not None:
@@ -316,7 +322,7 @@ def plot_attention_maps(path: str | Path, panels: Sequence[Panel], title: str = 
     from matplotlib.patches import Rectangle
 
     n = len(panels)
-    fig, axes = plt.subplots(1, n, figsize=(4.8 * n + 0.8, 6.2), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(1, n, figsize=(4.8 * n + 0.8, 5.4), squeeze=False, layout="constrained")
     vmax = max(float(p.matrix.max()) for p in panels)
     norm = PowerNorm(0.5, vmin=0.0, vmax=vmax)  # square root: the memory's small weights stay visible
     image = None
@@ -347,7 +353,7 @@ def plot_attention_maps(path: str | Path, panels: Sequence[Panel], title: str = 
         ax.set_title(f"{p.title}\n{_wrap(p.contents, 60)}", fontsize=7.5)
         ax.set_xlabel("key position", fontsize=7)
         ax.set_ylabel("query position", fontsize=7)
-    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.6, label="attention weight (square-root scale)")
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.6, pad=0.01, label="attention weight (square-root scale)")
     if title:
         fig.suptitle(title, fontsize=9)
     path = Path(path)
