@@ -189,3 +189,12 @@ def test_bad_input_is_one_line_and_exit_code_2(run, tmp_path, capsys):
                            (["--layer", "x"], "--layer must be an integer"), (["--seed", "1.5"], "--seed")):
         assert main(["attention", str(out), "--out", str(tmp_path / "x.png"), *args]) == 2
         one_line_error(capsys, fragment)
+
+
+def test_the_json_keeps_each_list_of_numbers_or_strings_on_one_line():
+    from rmt.analysis.attention_cli import _dumps
+
+    data = {"rows": [[0.5, -1e-05], [1, 2]], "labels": ["[CLS]", "a ,\n b", '"q\\', None, True], "blocks": [{"r": 1}], "e": []}
+    text = _dumps(data)
+    assert json.loads(text) == data
+    assert '"labels": ["[CLS]", "a ,\\n b", "\\"q\\\\", null, true]' in text and "  [0.5, -1e-05]," in text

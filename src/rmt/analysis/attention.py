@@ -31,6 +31,8 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
+from ..recurrent import _base_model
+
 MEMORY_ROLES = ("read", "write", "memory")
 SPECIAL_ROLES = ("sink", "cls", "sep")
 WRITERS = ("write", "memory")  # rows whose outputs become the next state
@@ -59,15 +61,10 @@ class AttentionRead:
     output: Any  # the wrapper's RMTOutput of the same read (predictions for causal LMs)
 
 
-def _base(model: nn.Module) -> nn.Module:
-    get_base = getattr(model.backbone, "get_base_model", None)
-    return get_base() if callable(get_base) else model.backbone
-
-
 @contextmanager
 def eager_attention(model: nn.Module) -> Iterator[None]:
     """The backbone with eager attention (the implementation that returns its weights), restored after."""
-    base = _base(model)
+    base = _base_model(model.backbone)
     before = base.config._attn_implementation
     if before != "eager":
         base.set_attn_implementation("eager")
@@ -110,7 +107,7 @@ def segment_attentions(model: nn.Module, input_ids: torch.Tensor) -> AttentionRe
 
     def keep(module, args, kwargs, out):
         if not out.attentions or out.attentions[0] is None:
-            raise RuntimeError(f"{type(_base(model)).__name__} returned no attention weights with eager attention")
+            raise ValueError(f"{type(_base_model(model.backbone)).__name__} returned no attention weights with eager attention")
         captured.append((torch.stack([a[0] for a in out.attentions]).float(),  # (layers, H, L, L)
                          kwargs["inputs_embeds"][0], kwargs["attention_mask"]))
 
@@ -291,7 +288,7 @@ def attention_json(panels: Sequence[Panel], digits: int = 4) -> list[dict]:
     for p in panels:
         rows = [i for role, a, b in p.blocks if role in MEMORY_ROLES for i in range(a, b)]
         tokens = [i for role, a, b in p.blocks if role == "tokens" for i in range(a, b)]
-        m = p.matrix
+        m = p.matrix.double()  # float32 rounded to 4 digits prints as 0.004399999976158142
         out.append({
             "segment": p.segment, "operation": p.operation, "title": p.title, "contents": p.contents,
             "blocks": [{"role": r, "start": a, "end": b} for r, a, b in p.blocks],

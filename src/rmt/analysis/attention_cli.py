@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -53,6 +54,17 @@ def _task(config: Any, num_segments: int, seed: int) -> Any:
         args.update(fact_segments=default_fact_segments(facts, num_segments), background=task.background)
         task = task_at(config.task, num_segments, tasks.segment_size, **args)
     return task
+
+
+def _dumps(data: dict) -> str:
+    """Indented JSON with every list of numbers or strings on one line (a map's row per line)."""
+    scalar = r'(?:"(?:[^"\\\n]|\\.)*"|[-+.\w]+)'  # a JSON string, number, true, false or null
+    flat = re.compile(rf"\[\n\s*({scalar}(?:,\n\s*{scalar})*)\n\s*\]")
+
+    def one_line(match: re.Match) -> str:
+        return "[" + ", ".join(re.findall(scalar, match.group(1))) + "]"
+
+    return flat.sub(one_line, json.dumps(data, indent=1)) + "\n"
 
 
 def _label(task: Any, token: int) -> str:
@@ -118,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         "panels": attention_json(panels),
     }
     json_path = out.with_suffix(".json")
-    json_path.write_text(json.dumps(report, indent=1) + "\n")
+    json_path.write_text(_dumps(report))
     for panel in panels:
         print(describe_panel(panel))
     print(f"prediction {prediction!r}, target {target!r}; wrote {out} and {json_path}")
