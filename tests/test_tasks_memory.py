@@ -70,3 +70,54 @@ def test_local_background_text(tmp_path):
     (tmp_path / "noise.txt").write_text("Zebras graze quietly. " * 200)
     task = get_task("memorize", length=300, background=str(tmp_path / "noise.txt"))
     assert "Zebras graze quietly." in task.decode(task.example(0)["input_ids"])
+
+
+@pytest.mark.parametrize("name,segments", [("reasoning", (1, 3)), ("reasoning", (2, 2)), ("reasoning", (1, 4)),
+                                           ("detect-and-memorize", (2,)), ("memorize", (1,))])
+@pytest.mark.parametrize("kind", ["classification", "causal-lm"])
+def test_fact_segments_put_each_fact_inside_its_segment(name, segments, kind):
+    from rmt.tasks import task_at
+
+    S = 96  # bytes: two facts fit in one segment
+    task = task_at(name, 4, S, kind=kind, fact_segments=segments)
+    for i in range(5):
+        ex, spans = task.example(i), task.spans(i)
+        assert len(ex["input_ids"]) == 4 * S
+        for fact, segment in zip(spans["facts"], segments):
+            assert (segment - 1) * S <= fact["start"] < fact["end"] <= segment * S
+            assert task.decode(ex["input_ids"][fact["start"] : fact["end"]]) == " " + fact["text"]
+        start, end = spans["question"]
+        assert task.decode(ex["input_ids"][start:end]).startswith(" W")
+        assert end == (spans["answer"][0] if kind == "causal-lm" else 4 * S)
+        if kind == "causal-lm":
+            assert task.decode(ex["input_ids"][slice(*spans["answer"])]) == " " + ex["answer"]
+    if name == "memorize":
+        assert spans["facts"][0]["start"] == 0  # still at the very start
+
+
+def test_spans_of_the_default_distribution_and_it_is_unchanged_by_them():
+    task = get_task("reasoning", seed=0, length=700)
+    for i in range(5):
+        ex, spans = task.example(i), task.spans(i)
+        found = _facts(task.decode(ex["input_ids"]))
+        assert [f["text"] for f in spans["facts"]] == found
+        assert [task.decode(ex["input_ids"][f["start"] : f["end"]]) for f in spans["facts"]] == [" " + f for f in found]
+    placed = get_task("reasoning", seed=0, num_segments=4, segment_size=175, fact_segments=(1, 3))
+    plain = get_task("reasoning", seed=0, num_segments=4, segment_size=175)
+    assert plain.example(0) == task.example(0)  # fact_segments is the only change
+    assert placed.example(0) != plain.example(0)
+
+
+def test_fact_segments_errors():
+    with pytest.raises(ValueError, match="needs num_segments"):
+        get_task("reasoning", length=200, fact_segments=(1, 2))
+    with pytest.raises(ValueError, match="2 fact"):
+        get_task("reasoning", num_segments=4, segment_size=48, fact_segments=(1,))
+    with pytest.raises(ValueError, match="in order"):
+        get_task("reasoning", num_segments=4, segment_size=48, fact_segments=(3, 1))
+    with pytest.raises(ValueError, match=r"1\.\.4"):
+        get_task("detect-and-memorize", num_segments=4, segment_size=48, fact_segments=(5,))
+    with pytest.raises(ValueError, match="at the start"):
+        get_task("memorize", num_segments=4, segment_size=48, fact_segments=(2,))
+    with pytest.raises(ValueError, match="more than a segment"):
+        get_task("reasoning", num_segments=4, segment_size=40, fact_segments=(2, 2)).example(0)

@@ -15,6 +15,7 @@ USER_ERRORS = (ValueError, TypeError, ImportError, OSError, yaml.YAMLError, Safe
 
 def build_parser() -> argparse.ArgumentParser:
     from . import experiments
+    from .analysis import attention_cli
     from .analysis import cli as flops_cli
     from .evaluation import babilong_cli
     from .tasks import cli as tasks_cli
@@ -22,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="rmt", description="Recurrent Memory Transformer: read inputs far longer than a model's context.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (training_cli, tasks_cli, flops_cli, babilong_cli, experiments):
+    for module in (training_cli, tasks_cli, flops_cli, attention_cli, babilong_cli, experiments):
         module.add_subparser(subparsers)
     return parser
 

@@ -1,1 +1,2 @@
-"""Analyses of RMT that need no trained model: ``flops`` counts forward-pass FLOPs."""
+"""Analyses of RMT: ``flops`` counts forward-pass FLOPs (no model needed); ``attention`` draws a
+trained model's attention maps of memory operations per segment."""

@@ -133,6 +133,15 @@ class AssociativeMemory(MemoryMechanism):
     def memory_embeddings(self) -> torch.Tensor:
         return self.initial_memory
 
+    def layout(self, length: int) -> list[tuple[str, int]]:
+        # the memory tokens write the state; it is read by the layer hooks, not through attention
+        m = self.num_mem_tokens
+        if self.is_causal:
+            blocks = [("sink", int(self.sink)), ("tokens", length), ("write", m)]
+        else:
+            blocks = [("cls", 1), ("tokens", length), ("write", m), ("sep", 1)]
+        return [(role, n) for role, n in blocks if n]
+
     def init_state(self, batch_size: int) -> AssociativeState:
         L, H = len(self.assoc), self.heads
         ref = self.initial_memory

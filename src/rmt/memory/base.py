@@ -129,6 +129,16 @@ class MemoryMechanism(nn.Module):
         """The learned (m, d) memory vectors, if the mechanism has them (None otherwise)."""
         return None
 
+    def layout(self, length: int) -> list[tuple[str, int]]:
+        """The row `segment` lays out for a segment of `length` tokens, as (role, size) blocks in order.
+
+        Roles: ``tokens``; ``sink``, ``cls``, ``sep`` (special tokens); ``read`` (memory the tokens
+        read), ``write`` (memory positions whose outputs are written to the next state) and
+        ``memory`` (an encoder's block, read and written at the same positions). Attention maps
+        (`rmt.analysis.attention`) name positions with it; a test holds it to what `segment` builds.
+        """
+        raise NotImplementedError(f"the {self.name!r} memory does not describe its segment layout")
+
     # ------------------------------------------------------------------ any state
 
     @staticmethod

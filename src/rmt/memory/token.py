@@ -60,6 +60,14 @@ class TokenMemory(MemoryMechanism):
     def init_state(self, batch_size: int) -> torch.Tensor:
         return self.initial_memory.unsqueeze(0).expand(batch_size, -1, -1)  # (B, m, d)
 
+    def layout(self, length: int) -> list[tuple[str, int]]:
+        m = self.num_mem_tokens
+        if self.is_causal:
+            blocks = [("sink", int(self.sink)), ("read", m), ("tokens", length), ("write", m * self.write_block)]
+        else:  # one block, read by the tokens and (unless nothing is carried) the next memory
+            blocks = [("cls", 1), ("memory" if self.carries_memory else "read", m), ("tokens", length), ("sep", 1)]
+        return [(role, n) for role, n in blocks if n]
+
     def _prefix(self, memory: torch.Tensor, specials: Optional[torch.Tensor]) -> list[torch.Tensor]:
         """What comes before the tokens: ``[sink] read mem`` (decoders) or ``[CLS] mem`` (encoders)."""
         b = memory.shape[0]

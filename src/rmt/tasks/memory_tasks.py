@@ -8,25 +8,36 @@ Facts hidden in real background text, a question at the end:
 
 The input is exactly ``length`` tokens (or ``num_segments * segment_size``). The answer is one of
 the six places: a label (``kind="classification"``, 6 labels) or text (``kind="causal-lm"``).
+
+``fact_segments=(1, 3)`` puts fact k inside segment ``fact_segments[k]`` (counted from 1) instead
+of at a random position: the examples of the report's Fig. 6 (fact 1 in segment 1, nothing in
+segment 2, fact 2 in segment 3, the question in segment 4). Without it the examples are the
+task's own distribution, unchanged. `spans` says where the facts and the question are.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from random import Random
 
 from .babi import PLACES, answer_matches, generate_story
 from .base import Task, _check_lengths, parse_length, register
 from ..data.corpus import BackgroundText, background_text
 
 KINDS = ("classification", "causal-lm")
+PLACEMENT_TRIES = 1000  # facts go in at sentence boundaries: a draw can push one past its segment's end
 
 
 class _MemoryTask(Task):
     label_names = sorted(PLACES)
     qa = 1
+    num_facts = 1
     fact_at_start = False
 
     def __init__(self, tokenizer=None, seed: int = 0, length: int | str | None = None,
                  num_segments: int | None = None, segment_size: int | None = None,
-                 kind: str = "classification", background: str | BackgroundText | None = None) -> None:
+                 kind: str = "classification", background: str | BackgroundText | None = None,
+                 fact_segments: Sequence[int] | None = None) -> None:
         super().__init__(tokenizer, seed)
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -48,6 +59,25 @@ class _MemoryTask(Task):
             self.tokenizer = background.tokenizer
         else:
             self.background = background_text(background, self.tokenizer)
+        self.segment_size = segment_size
+        self.fact_segments = self._check_fact_segments(fact_segments, num_segments)
+
+    def _check_fact_segments(self, fact_segments: Sequence[int] | None, num_segments: int | None) -> tuple | None:
+        if fact_segments is None:
+            return None
+        if num_segments is None:
+            raise ValueError("fact_segments needs num_segments and segment_size: facts are placed in segments")
+        chosen = tuple(int(s) for s in fact_segments)
+        if len(chosen) != self.num_facts:
+            raise ValueError(f"{self.name} has {self.num_facts} fact(s): fact_segments must name {self.num_facts} "
+                             f"segment(s), got {list(chosen)}")
+        if any(not 1 <= s <= num_segments for s in chosen) or list(chosen) != sorted(chosen):
+            raise ValueError(f"fact_segments must be segment numbers in 1..{num_segments} (counted from 1), in "
+                             f"order, got {list(chosen)}")
+        if self.fact_at_start and chosen != (1,) * self.num_facts:
+            raise ValueError(f"{self.name} puts its fact at the start of the input: fact_segments can only be "
+                             f"{[1] * self.num_facts}, got {list(chosen)}")
+        return chosen
 
     @classmethod
     def length_for_segments(cls, num_segments: int, segment_size: int, **task_args) -> dict:
@@ -55,6 +85,23 @@ class _MemoryTask(Task):
 
     def example(self, index: int, split: str = "train") -> dict:
         """``length`` tokens: noise with the facts, the question; (causal LM) then the answer, scored."""
+        context, _, question, answer, label = self._draw(index, split)
+        ids = context + question
+        if self.kind == "classification":
+            return {"input_ids": ids, "label": self.label_names.index(label)}
+        return {"input_ids": ids + answer, "labels": [-100] * len(ids) + answer, "answer": label}
+
+    def spans(self, index: int, split: str = "train") -> dict:
+        """Where the parts of ``example(index, split)`` are, as ``[start, end)`` token offsets:
+        ``facts`` (one per fact, in story order, with its ``text``), ``question`` and ``answer``
+        (causal LM; None for classification)."""
+        context, facts, question, answer, _ = self._draw(index, split)
+        q = len(context)
+        return {"facts": facts, "question": (q, q + len(question)),
+                "answer": (q + len(question), q + len(question) + len(answer)) if answer else None}
+
+    def _draw(self, index: int, split: str) -> tuple:
+        """(context ids, the facts' spans, question ids, answer ids, the answer) of one example."""
         rng = self.rng(index, split)
         facts, q = generate_story(self.qa, rng, num_facts=1 if self.qa == 1 else None).questions()[-1]
         fact_ids = [self.encode(" " + f.text) for f in facts]
@@ -64,16 +111,48 @@ class _MemoryTask(Task):
         if noise < 0:
             raise ValueError(f"length={self.length} is too short for {self.name}: the facts, question and answer "
                              f"take {self.length - noise} tokens; use a length of at least that")
-        if self.fact_at_start:
-            positions = [0] * len(fact_ids)
+        if self.fact_segments is not None and not self.fact_at_start:
+            context, starts = self._placed(rng, noise, fact_ids, len(question) + len(answer))
         else:
-            positions = sorted(rng.randint(0, noise) for _ in fact_ids)
-        context = [t for piece in self.background.iter_with_facts(noise, fact_ids, positions, rng.getrandbits(64))
-                   for t in piece]
-        ids = context + question
-        if self.kind == "classification":
-            return {"input_ids": ids, "label": self.label_names.index(q.answer)}
-        return {"input_ids": ids + answer, "labels": [-100] * len(ids) + answer, "answer": q.answer}
+            if self.fact_at_start:
+                positions = [0] * len(fact_ids)
+            else:
+                positions = sorted(rng.randint(0, noise) for _ in fact_ids)
+            context = self._context(noise, fact_ids, positions, rng.getrandbits(64))
+            starts = _locate(context, fact_ids, positions)
+        spans = [{"text": f.text, "start": s, "end": s + len(ids)} for f, ids, s in zip(facts, fact_ids, starts)]
+        return context, spans, question, answer, q.answer
+
+    def _context(self, noise: int, fact_ids: list, positions: list, seed: int) -> list[int]:
+        return [t for piece in self.background.iter_with_facts(noise, fact_ids, positions, seed) for t in piece]
+
+    def _placed(self, rng: Random, noise: int, fact_ids: list, tail: int) -> tuple[list[int], list[int]]:
+        """Context with fact k inside segment ``fact_segments[k]``, and the facts' starts: draw offsets
+        in the segments and keep the first draw whose facts (moved to sentence boundaries) stay in."""
+        S = self.segment_size
+        bounds = [((s - 1) * S, s * S) for s in self.fact_segments]
+        last = self.length // S
+        for seg in sorted(set(self.fact_segments)):
+            need = sum(len(f) for f, s in zip(fact_ids, self.fact_segments) if s == seg) + (tail if seg == last else 0)
+            if need > S:
+                raise ValueError(f"{self.name}: the facts placed in segment {seg}" + (" and the question" if seg == last else "")
+                                 + f" take {need} tokens, more than a segment of {S}")
+        for _ in range(PLACEMENT_TRIES):
+            positions, before = [], 0
+            for (lo, hi), fact in zip(bounds, fact_ids):
+                lo = max(lo - before, positions[-1] if positions else 0)  # noise offsets: the facts before are not noise
+                hi = min(hi - before - len(fact), noise)
+                if lo > hi:
+                    break
+                positions.append(rng.randint(lo, hi))
+                before += len(fact)
+            else:
+                context = self._context(noise, fact_ids, positions, rng.getrandbits(64))
+                starts = _locate(context, fact_ids, positions)
+                if all(lo <= s and s + len(f) <= hi for (lo, hi), s, f in zip(bounds, starts, fact_ids)):
+                    return context, starts
+        raise ValueError(f"{self.name}: no placement of the facts in segments {list(self.fact_segments)} of {S} tokens "
+                         f"found in {PLACEMENT_TRIES} draws (the background's sentences may be longer than a segment)")
 
     def score(self, predictions, examples) -> dict[str, float]:
         """Accuracy: predicted label ints (classification) or answer ids/text (causal LM)."""
@@ -82,6 +161,21 @@ class _MemoryTask(Task):
         _check_lengths(predictions, examples)
         hits = [answer_matches(p, e["answer"], self.tokenizer) for p, e in zip(predictions, examples)]
         return {"accuracy": sum(hits) / max(len(hits), 1)}
+
+
+def _locate(context: list[int], fact_ids: list, positions: list) -> list[int]:
+    """Where each fact starts in `context`: fact k went in at the first sentence boundary at or after
+    noise offset ``positions[k]``, so at or after that offset plus the facts before it."""
+    starts, before, end = [], 0, 0
+    for fact, position in zip(fact_ids, positions):
+        i = max(position + before, end)
+        while context[i : i + len(fact)] != fact:
+            if i + len(fact) >= len(context):
+                raise RuntimeError(f"fact {fact} not found in its context; please report this example")
+            i += 1
+        starts.append(i)
+        before, end = before + len(fact), i + len(fact)
+    return starts
 
 
 @register("memorize")
@@ -105,3 +199,4 @@ class ReasoningTask(_MemoryTask):
 
     name = "reasoning"
     qa = 4
+    num_facts = 2
