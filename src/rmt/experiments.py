@@ -31,7 +31,7 @@ from typing import Any, Optional
 
 import yaml
 
-from .training.config import TrainConfig
+from .training.config import TrainConfig, with_values
 from .training.run_dir import write_json_atomic
 
 EXPERIMENT_KEYS = {"title", "paper", "base", "set", "runs", "eval", "plot"}
@@ -107,17 +107,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _with(data: dict[str, Any], changes: dict[str, Any], path: Path) -> dict[str, Any]:
-    """`data` with dotted-key `changes` applied (``rmt.memory: armt`` sets data["rmt"]["memory"])."""
-    data = json.loads(json.dumps(data))  # a deep copy
-    for key, value in changes.items():
-        target = data
-        *parents, leaf = str(key).split(".")
-        for parent in parents:
-            target = target.setdefault(parent, {})
-            if not isinstance(target, dict):
-                raise ValueError(f"{path}: override {key!r}: {parent!r} is not a mapping")
-        target[leaf] = value
-    return data
+    try:
+        return with_values(data, changes.items())
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 def run(experiment: Experiment, out: Path) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterable, Optional, Union
 
 import yaml
 
@@ -146,17 +146,25 @@ class TrainConfig(DictConfig):
 
 
 def apply_overrides(data: dict[str, Any], overrides: tuple[str, ...]) -> dict[str, Any]:
-    data = json.loads(json.dumps(data))  # a deep copy
+    """`data` with ``key=value`` strings applied (values parsed as YAML, dotted keys reach into dicts)."""
+    changes = []
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like key=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
+            changes.append((key, yaml.safe_load(raw)))
         except yaml.YAMLError as err:
             raise ValueError(f"override {item!r}: the value is not valid YAML ({err})") from None
+    return with_values(data, changes)
+
+
+def with_values(data: dict[str, Any], changes: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """A copy of `data` with each (dotted key, value) set: ``("rmt.memory", "armt")`` sets data["rmt"]["memory"]."""
+    data = json.loads(json.dumps(data))  # a deep copy
+    for key, value in changes:
         target = data
-        *parents, leaf = key.split(".")
+        *parents, leaf = str(key).split(".")
         for parent in parents:
             target = target.setdefault(parent, {})
             if not isinstance(target, dict):
