@@ -22,7 +22,7 @@ TINY_BASE = dict(
 
 def write(tmp_path: Path, **spec) -> Path:
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump({"title": "tiny", "base": TINY_BASE, **spec}))
+    path.write_text(yaml.safe_dump({"title": "tiny", "base": TINY_BASE, **spec}, sort_keys=False))
     return path
 
 
@@ -99,3 +99,14 @@ def test_an_unknown_experiment_name_lists_the_bundled_ones(capsys):
     assert main(["reproduce", "no-such-figure"]) == 2
     err = capsys.readouterr().err
     assert "fig4-heatmap" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_run_can_start_from_an_earlier_run_of_the_experiment(tmp_path):
+    path = write(tmp_path, runs={"short": {"curriculum": [1]}, "longer": {"init_from": "@short", "curriculum": [2]}},
+                 eval={"segments": [2], "examples": 4})
+    experiment = Experiment.load(str(path), tmp_path / "out")
+    assert experiment.runs["longer"].init_from == str(tmp_path / "out" / "short")
+    assert main(["reproduce", str(path), "--out", str(tmp_path / "out")]) == 0
+    bad = write(tmp_path, runs={"longer": {"init_from": "@short"}, "short": {}}, eval={"segments": [2]})
+    with pytest.raises(ValueError, match="names no earlier run"):
+        Experiment.load(str(bad), tmp_path / "out2")

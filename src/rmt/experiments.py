@@ -14,6 +14,8 @@ from it (each a few dotted overrides), and how to evaluate them::
     # or  eval: {stages: true, up_to: 4}: every stage's best checkpoint (a model trained on k
     # segments) evaluated from 1 to up_to * k segments, drawn as a heatmap (the report's Fig. 4)
 
+A run may start from another run of the experiment, trained before it: ``init_from: "@other"``.
+
 Every run trains with `rmt.training.train` into ``OUT/RUN`` (so a killed experiment resumes where
 it stopped), each evaluation is kept in ``OUT/evals/`` as soon as it is measured, and the command
 ends with ``OUT/results.json``, ``OUT/NAME.png`` and a table.
@@ -69,6 +71,12 @@ class Experiment:
         configs = {}
         for run, changes in runs.items():
             merged = _with(_with(base, data.get("set") or {}, path), changes or {}, path)
+            start = merged.get("init_from")
+            if isinstance(start, str) and start.startswith("@"):  # another run of this experiment, trained first
+                if start[1:] not in configs:
+                    raise ValueError(f"{path}: run {run!r}: init_from={start} names no earlier run of this experiment "
+                                     f"(earlier runs: {', '.join(configs) or 'none'})")
+                merged["init_from"] = str(out / start[1:])
             try:
                 configs[str(run)] = TrainConfig.from_dict({**merged, "out_dir": str(out / str(run))})
             except (TypeError, ValueError) as err:
