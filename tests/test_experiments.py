@@ -110,3 +110,17 @@ def test_a_run_can_start_from_an_earlier_run_of_the_experiment(tmp_path):
     bad = write(tmp_path, runs={"longer": {"init_from": "@short"}, "short": {}}, eval={"segments": [2]})
     with pytest.raises(ValueError, match="names no earlier run"):
         Experiment.load(str(bad), tmp_path / "out2")
+
+
+def test_segments_and_examples_can_be_overridden_and_measured_lengths_are_reused(tmp_path):
+    path = write(tmp_path, runs={"rmt": {}}, eval={"segments": [1, 2, 3], "examples": 4})
+    out = tmp_path / "out"
+    assert main(["reproduce", str(path), "--out", str(out), "--segments", "1,2"]) == 0
+    first = json.loads((out / "evals" / "rmt-final.json").read_text())["values"]
+    assert set(first) == {"1", "2"}
+    assert main(["reproduce", str(path), "--out", str(out)]) == 0  # the full pass measures only length 3
+    values = json.loads((out / "evals" / "rmt-final.json").read_text())["values"]
+    assert set(values) == {"1", "2", "3"} and {k: values[k] for k in first} == first
+    with pytest.raises(SystemExit) as exit_:  # argparse: one usage line and the error
+        main(["reproduce", str(path), "--out", str(out), "--segments", "0"])
+    assert exit_.value.code == 2

@@ -34,6 +34,7 @@ from typing import Any, Optional
 import yaml
 
 from .training.config import TrainConfig, with_values
+from .training.cli import _positive, _segments
 from .training.run_dir import write_json_atomic
 
 EXPERIMENT_KEYS = {"title", "paper", "base", "set", "runs", "eval", "plot"}
@@ -235,6 +236,9 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
                               description=run_reproduce.__doc__)
     p.add_argument("experiment", nargs="?", help="a bundled experiment's name (see --list) or an experiment YAML file")
     p.add_argument("--out", help="output folder (default: runs/reproduce/NAME); an interrupted experiment resumes")
+    p.add_argument("--segments", type=_segments, help="evaluate at these segment counts instead of the experiment's "
+                   "(lengths already measured are read back, so a shorter pass now and the full one later cost nothing twice)")
+    p.add_argument("--examples", type=_positive, help="examples per length instead of the experiment's")
     p.add_argument("--list", action="store_true", help="list the bundled experiments")
     p.set_defaults(func=run_reproduce)
 
@@ -247,7 +251,14 @@ def run_reproduce(args: argparse.Namespace) -> int:
         return 0 if args.list else 2
     name = Path(args.experiment).stem
     out = Path(args.out or Path("runs") / "reproduce" / name)
-    results = run(Experiment.load(args.experiment, out), out)
+    experiment = Experiment.load(args.experiment, out)
+    if args.segments:
+        if experiment.stages:
+            raise ValueError(f"--segments: experiment {name} evaluates every stage to {experiment.up_to}x its length; "
+                             "it takes no segment counts")
+        experiment.segments = args.segments
+    experiment.examples = args.examples or experiment.examples
+    results = run(experiment, out)
     print(table(results))
     print(f"wrote {out / 'results.json'} and {out / (name + '.png')}")
     return 0
