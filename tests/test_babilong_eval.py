@@ -13,7 +13,7 @@ import transformers
 
 import rmt
 from rmt.cli import main
-from rmt.evaluation.babilong import answer_rmt, format_table
+from rmt.evaluation.babilong import answer_rmt, answer_rmt_batch, evaluate_babilong, format_table, load_reader
 from rmt.tasks import BabilongTask
 
 BABI_DIR = Path(__file__).parents[2] / "shared" / "babi" / "en"
@@ -50,6 +50,26 @@ def test_streamed_answer_equals_generate_on_the_whole_input(folders):
         ids = torch.tensor([task.example(i)["input_ids"][: task.num_tokens(i)]])
         whole = model.generate(ids, max_new_tokens=6)[0, ids.shape[1]:].tolist()
         assert answer_rmt(model, task, i, "test", 6) == whole
+
+
+def test_samples_streamed_together_equal_each_alone(folders):
+    tok = transformers.ByT5Tokenizer()
+    model = rmt.RecurrentMemoryTransformer.from_pretrained(folders[1]).eval()
+    task = BabilongTask(1, tokenizer=tok, length=300, babi="generated", prompt="none")
+    same = [i for i in range(12) if task.num_tokens(i) == task.num_tokens(0)][:3]
+    assert len(same) == 3
+    assert answer_rmt_batch(model, task, same, "test", 6) == [answer_rmt(model, task, i, "test", 6) for i in same]
+    other = next(i for i in range(12) if task.num_tokens(i) != task.num_tokens(0))
+    with pytest.raises(ValueError, match="one input length"):
+        answer_rmt_batch(model, task, [0, other], "test", 6)
+
+
+def test_batched_grid_equals_one_by_one(folders):
+    tok = transformers.ByT5Tokenizer()
+    reader = load_reader(str(folders[1]), name="rmt", tokenizer=tok)
+    runs = [evaluate_babilong([reader], [1], ["0k", 300], 5, babi="generated", batch_size=b, progress=False)
+            for b in (1, 3)]
+    assert runs[0]["outputs"] == runs[1]["outputs"] and runs[0]["results"] == runs[1]["results"]
 
 
 @needs_babi

@@ -8,7 +8,7 @@ Three kinds of model, as the benchmark evaluates them:
   ``"{context} {question}"`` with no prompt (as the authors' fine-tuned RMTs were evaluated): the
   input is streamed segment by segment into memory (``model.stream``), then the answer is
   generated from the last partial segment (``model.generate``), so inputs of millions of tokens
-  never sit in memory whole;
+  never sit in memory whole; samples of one input length stream together, ``batch_size`` at a time;
 * the same RMT's backbone without memory (``num_mem_tokens=0``): it sees only the last segment.
 
 Both metrics are reported: the benchmark's strict ``compare_answers`` and lm-eval's lenient match.
@@ -116,17 +116,30 @@ def _folder_tokenizer(path: Path) -> Any:
 def answer_rmt(model: RecurrentMemoryTransformer, task: BabilongTask, index: int, split: str,
                max_new_tokens: int) -> list[int]:
     """Read sample ``index`` through memory and generate its answer (new token ids)."""
+    return answer_rmt_batch(model, task, [index], split, max_new_tokens)[0]
+
+
+def answer_rmt_batch(model: RecurrentMemoryTransformer, task: BabilongTask, indices: Sequence[int], split: str,
+                     max_new_tokens: int) -> list[list[int]]:
+    """Read samples ``indices``, all of one input length, through memory together; their answers' new ids."""
+    lengths = {task.num_tokens(i, split) for i in indices}
+    if len(lengths) != 1:
+        raise ValueError(f"samples streamed together must have one input length, got {sorted(lengths)}")
     s = model.rmt_config.segment_size
-    return generate_streamed(model, task.iter_chunks(index, s, split), task.num_tokens(index, split), max_new_tokens)
+    streams = [task.iter_chunks(i, s, split) for i in indices]
+    chunks = (torch.tensor(rows) for rows in zip(*streams))  # (B, s) ... then (B, 1..s)
+    return generate_streamed(model, chunks, lengths.pop(), max_new_tokens)
 
 
 @torch.no_grad()
-def generate_streamed(model: RecurrentMemoryTransformer, chunks: Iterator[list[int]], num_tokens: int,
-                      max_new_tokens: int, **generate_kwargs: Any) -> list[int]:
+def generate_streamed(model: RecurrentMemoryTransformer, chunks: Iterator[Any], num_tokens: int,
+                      max_new_tokens: int, **generate_kwargs: Any) -> Any:
     """Greedy continuation (new token ids) of an input of ``num_tokens`` ids given as ``segment_size`` chunks.
 
     The full segments are streamed into memory (``model.stream``), then ``model.generate`` decodes
     from the last partial segment: what ``generate`` on the whole input does, without holding it.
+    Chunks are lists of ids (one sample: returns its new ids) or (B, s) tensors, the B samples read
+    together (returns B lists of new ids).
     """
     full = (num_tokens - 1) // model.rmt_config.segment_size  # segments read before the one decoding starts in
     memory = None
@@ -135,10 +148,13 @@ def generate_streamed(model: RecurrentMemoryTransformer, chunks: Iterator[list[i
     else:  # without memory, the segments before the last change nothing
         for _ in range(full):
             next(chunks)
-    last = torch.tensor([next(chunks)])  # (1, 1..s)
+    last = next(chunks)
+    batched = isinstance(last, torch.Tensor) and last.dim() == 2
+    last = last if batched else torch.tensor([last])  # (B, 1..s)
     generate_kwargs.setdefault("do_sample", False)
     out = model.generate(last, max_new_tokens=max_new_tokens, memory=memory, **generate_kwargs)
-    return out[0, last.shape[1]:].tolist()
+    new = out[:, last.shape[1]:].tolist()
+    return new if batched else new[0]
 
 
 @torch.no_grad()
@@ -176,6 +192,8 @@ def evaluate_babilong(readers: Sequence[Reader], tasks: Sequence[int], lengths: 
     """Every reader on the first ``num_samples`` samples of every task x length.
 
     ``answer_marker`` goes after the question for RMTs (``"GEN"`` for the authors' checkpoints).
+    ``batch_size`` samples are read at a time: a full-attention model's left-padded, an RMT's of
+    one input length streamed together (each gets what it gets alone).
     Returns ``{"results": {model: {metric: {"qaN": {length: value or None}}}}, "outputs": ...}``;
     a cell a full-attention model cannot read (input longer than its context) is None.
     """
@@ -228,11 +246,18 @@ def _answer_cell(reader: Reader, task: BabilongTask, count: int, split: str, max
                  batch_size: int, bar) -> Optional[list[str]]:
     """The generated answers of one cell, or None if a full-attention model cannot read its inputs."""
     answers: list[str] = []
-    if reader.is_rmt:
+    if reader.is_rmt:  # samples of one input length stream together, batch_size at a time, in sample order
+        by_length: dict[int, list[int]] = {}
         for i in range(count):
-            answers.append(_decode(reader.tokenizer, answer_rmt(reader.model, task, i, split, max_new_tokens)))
-            bar.update(1)
-        return answers
+            by_length.setdefault(task.num_tokens(i, split), []).append(i)
+        found: dict[int, str] = {}
+        for group in by_length.values():
+            for begin in range(0, len(group), batch_size):
+                batch = group[begin:begin + batch_size]
+                new = answer_rmt_batch(reader.model, task, batch, split, max_new_tokens)
+                found.update((i, _decode(reader.tokenizer, ids)) for i, ids in zip(batch, new))
+                bar.update(len(batch))
+        return [found[i] for i in range(count)]
     limit = reader.max_positions
     if limit is not None and max(task.num_tokens(i, split) for i in range(count)) + max_new_tokens > limit:
         bar.update(count)

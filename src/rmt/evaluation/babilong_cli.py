@@ -42,7 +42,8 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
                         "(default: the bundled public-domain books)")
     p.add_argument("--split", default="test", choices=("train", "test"), help="which bAbI file (default test)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="answer length (default 16, as lm-eval)")
-    p.add_argument("--batch-size", type=int, default=1, help="samples per batch for full-attention models")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="samples per batch (default 1); an RMT streams samples of equal input length together")
     p.add_argument("--tokenizer", metavar="NAME_OR_PATH", help="tokenizer for RMT folders that do not hold one")
     p.add_argument("--prompt-source", default="auto", choices=("auto", "lm-eval", "published"),
                    help="where the official prompts are read from (default: lm-eval's task files if installed)")
