@@ -108,6 +108,8 @@ def test_cli_evaluates_every_kind_of_model(folders, tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--lengths", "lots"], "'lots' is not a BABILong length"),
     (["--samples", "0"], "--samples must be >= 1"),
+    (["--samples", "0k=0"], "--samples must be >= 1, got 0 for 0k"),
+    (["--samples", "1k=5"], "--samples per length must name exactly the lengths evaluated: missing 0k"),
     (["--babi", "/no/such/folder"], "--babi /no/such/folder"),
     (["--model", "/no/such/model"], "/no/such/model"),
 ])
@@ -117,6 +119,18 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     code = main(["babilong", *[x for kv in args.items() for x in kv]])
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_cli_rejects_bad_sample_counts(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["babilong", "--model", "x", "--samples", "0k=many"])
+    assert exit_info.value.code == 2 and "one count per length" in capsys.readouterr().err
+
+
+def test_samples_per_length_cell_by_cell(folders):
+    reader = load_reader(str(folders[1]), name="rmt", tokenizer=transformers.ByT5Tokenizer())
+    report = evaluate_babilong([reader], [1], ["0k", "300"], {"0k": 3, "300": 1}, babi="generated", progress=False)
+    assert [len(report["outputs"]["rmt"]["qa1"][n]) for n in ("0k", "300")] == [3, 1]
 
 
 def test_cli_rejects_bad_task_lists(capsys):

@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import torch
 
@@ -185,11 +185,13 @@ def _decode(tokenizer: Any, ids: list[int]) -> str:
 
 
 # -- the grid ----------------------------------------------------------------------------------
-def evaluate_babilong(readers: Sequence[Reader], tasks: Sequence[int], lengths: Sequence[str], num_samples: int,
+def evaluate_babilong(readers: Sequence[Reader], tasks: Sequence[int], lengths: Sequence[str],
+                      num_samples: int | Mapping[str, int],
                       babi: Any = None, background: Optional[str] = None, split: str = "test",
                       max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 1,
                       prompt_source: str = "auto", answer_marker: str = "", progress: bool = True) -> dict:
-    """Every reader on the first ``num_samples`` samples of every task x length.
+    """Every reader on the first ``num_samples`` samples of every task x length (an int, or one per
+    length: ``{"0k": 200, "1M": 20}``, every length given).
 
     ``answer_marker`` goes after the question for RMTs (``"GEN"`` for the authors' checkpoints).
     ``batch_size`` samples are read at a time: a full-attention model's left-padded, an RMT's of
@@ -199,8 +201,7 @@ def evaluate_babilong(readers: Sequence[Reader], tasks: Sequence[int], lengths: 
     """
     from tqdm.auto import tqdm
 
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    per_length = samples_per_length(num_samples, lengths)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for length in lengths:
@@ -209,7 +210,7 @@ def evaluate_babilong(readers: Sequence[Reader], tasks: Sequence[int], lengths: 
     texts: dict[int, BackgroundText] = {}  # the background text read once per tokenizer
     results: dict = {r.name: {m: {} for m in METRICS} for r in readers}
     outputs: dict = {r.name: {} for r in readers}
-    bar = tqdm(total=len(readers) * len(tasks) * len(lengths) * num_samples, unit="sample", desc="BABILong",
+    bar = tqdm(total=len(readers) * len(tasks) * sum(per_length.values()), unit="sample", desc="BABILong",
                disable=not progress)
     for reader in readers:
         key = id(reader.tokenizer)
@@ -221,9 +222,10 @@ def evaluate_babilong(readers: Sequence[Reader], tasks: Sequence[int], lengths: 
                                     prompt=reader.prompt, prompt_source=prompt_source,
                                     answer_marker=answer_marker if reader.is_rmt else "")
                 available = task.num_samples(split)
-                count = num_samples if available is None else min(num_samples, available)
+                wanted = per_length[str(length)]
+                count = wanted if available is None else min(wanted, available)
                 answers = _answer_cell(reader, task, count, split, max_new_tokens, batch_size, bar)
-                bar.update(num_samples - count)
+                bar.update(wanted - count)
                 cell = f"qa{qa}", str(length)
                 if answers is None:
                     for m in METRICS:
@@ -240,6 +242,26 @@ def evaluate_babilong(readers: Sequence[Reader], tasks: Sequence[int], lengths: 
                 outputs[reader.name].setdefault(cell[0], {})[cell[1]] = rows
     bar.close()
     return {"results": results, "outputs": outputs, "seconds": round(time.time() - start, 1)}
+
+
+def samples_per_length(num_samples: int | Mapping[str, int], lengths: Sequence[str],
+                       name: str = "num_samples") -> dict[str, int]:
+    """``{length: samples}`` from one count for every length or a count per length (each >= 1, none
+    missing); ``name`` is what errors call the argument."""
+    if isinstance(num_samples, Mapping):
+        given = {str(k): v for k, v in num_samples.items()}
+        missing, extra = [str(n) for n in lengths if str(n) not in given], sorted(set(given) - set(map(str, lengths)))
+        if missing or extra:
+            raise ValueError(f"{name} per length must name exactly the lengths evaluated: "
+                             f"{'missing ' + ', '.join(missing) if missing else 'not evaluated: ' + ', '.join(extra)}")
+        counts = {str(n): given[str(n)] for n in lengths}
+    else:
+        counts = {str(n): num_samples for n in lengths}
+    for length, n in counts.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            where = f" for {length}" if isinstance(num_samples, Mapping) else ""
+            raise ValueError(f"{name} must be >= 1, got {n!r}{where}")
+    return counts
 
 
 def _answer_cell(reader: Reader, task: BabilongTask, count: int, split: str, max_new_tokens: int,
