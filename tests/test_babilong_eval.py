@@ -154,3 +154,24 @@ def test_smollm2_reads_the_official_prompt_and_answers(tmp_path):
     rows = report["outputs"]["smollm2-135m"]["qa1"]["0k"]
     assert all(row["output"].strip() for row in rows)  # it writes an answer, not nothing
     assert 0 <= report["results"]["smollm2-135m"]["accuracy"]["qa1"]["0k"] <= 1
+
+
+def test_a_training_run_is_read_from_any_directory(tmp_path, monkeypatch):
+    """A run's state.json holds paths relative to the run folder: `rmt babilong` resolves them there."""
+    from rmt.training import TrainConfig, train
+
+    config = TrainConfig.from_dict({
+        "task": "babilong-qa1", "task_args": {"babi": "generated", "num_facts": 2, "prompt": "none", "fill": "input"},
+        "backbone": {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "num_key_value_heads": 2, "intermediate_size": 64},
+        "rmt": {"num_mem_tokens": 2, "segment_size": 128}, "curriculum": [1], "steps_per_stage": 1,
+        "batch_size": 2, "eval_examples": 2, "eval_every": 1, "save_every": 1, "out_dir": str(tmp_path / "run")})
+    train(config, progress=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    reader = load_reader(str(tmp_path / "run"), name="rmt")
+    assert reader.is_rmt and reader.info["segment_size"] == 128
+    report = evaluate_babilong([reader], [1], [200], 2, babi="generated", max_new_tokens=1, batch_size=2,
+                               progress=False)
+    assert len(report["outputs"]["rmt"]["qa1"]["200"]) == 2

@@ -69,13 +69,14 @@ def load_reader(spec: str, name: Optional[str] = None, tokenizer: Any = None) ->
     name = name or path.name or spec
     if (path / "train_config.json").is_file():
         from ..training.config import TrainConfig
+        from ..training.run_dir import read_state
         from ..training.trainer import load_trained, make_tasks
 
-        state = path / "state.json"
-        if not state.is_file():
-            raise FileNotFoundError(f"{state} not found: has the run in {path} finished a stage?")
+        stages = read_state(path)["stages"]  # best_dir resolved against the run folder (stored relative to it)
+        if not stages:
+            raise FileNotFoundError(f"{path / 'state.json'} not found: has the run in {path} finished a stage?")
         config = TrainConfig.load(path / "train_config.json")
-        model = load_trained(config, json.loads(state.read_text())["stages"][-1]["best_dir"])
+        model = load_trained(config, stages[-1]["best_dir"])
         tok = tokenizer if tokenizer is not None else make_tasks(config).tokenizer
         return Reader(name, model.eval(), tok, spec, is_rmt=True, info=_rmt_info(model))
     if (path / "rmt_config.json").is_file():
