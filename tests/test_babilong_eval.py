@@ -13,7 +13,7 @@ import transformers
 
 import rmt
 from rmt.cli import main
-from rmt.evaluation.babilong import answer_rmt, format_table
+from rmt.evaluation.babilong import answer_rmt, answer_rmt_batch, evaluate_babilong, format_table, load_reader
 from rmt.tasks import BabilongTask
 
 BABI_DIR = Path(__file__).parents[2] / "shared" / "babi" / "en"
@@ -52,6 +52,26 @@ def test_streamed_answer_equals_generate_on_the_whole_input(folders):
         assert answer_rmt(model, task, i, "test", 6) == whole
 
 
+def test_samples_streamed_together_equal_each_alone(folders):
+    tok = transformers.ByT5Tokenizer()
+    model = rmt.RecurrentMemoryTransformer.from_pretrained(folders[1]).eval()
+    task = BabilongTask(1, tokenizer=tok, length=300, babi="generated", prompt="none")
+    same = [i for i in range(12) if task.num_tokens(i) == task.num_tokens(0)][:3]
+    assert len(same) == 3
+    assert answer_rmt_batch(model, task, same, "test", 6) == [answer_rmt(model, task, i, "test", 6) for i in same]
+    other = next(i for i in range(12) if task.num_tokens(i) != task.num_tokens(0))
+    with pytest.raises(ValueError, match="one input length"):
+        answer_rmt_batch(model, task, [0, other], "test", 6)
+
+
+def test_batched_grid_equals_one_by_one(folders):
+    tok = transformers.ByT5Tokenizer()
+    reader = load_reader(str(folders[1]), name="rmt", tokenizer=tok)
+    runs = [evaluate_babilong([reader], [1], ["0k", 300], 5, babi="generated", batch_size=b, progress=False)
+            for b in (1, 3)]
+    assert runs[0]["outputs"] == runs[1]["outputs"] and runs[0]["results"] == runs[1]["results"]
+
+
 @needs_babi
 def test_cli_evaluates_every_kind_of_model(folders, tmp_path, capsys):
     full, rmt_dir = folders
@@ -88,6 +108,8 @@ def test_cli_evaluates_every_kind_of_model(folders, tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--lengths", "lots"], "'lots' is not a BABILong length"),
     (["--samples", "0"], "--samples must be >= 1"),
+    (["--samples", "0k=0"], "--samples must be >= 1, got 0 for 0k"),
+    (["--samples", "1k=5"], "--samples per length must name exactly the lengths evaluated: missing 0k"),
     (["--babi", "/no/such/folder"], "--babi /no/such/folder"),
     (["--model", "/no/such/model"], "/no/such/model"),
 ])
@@ -97,6 +119,18 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     code = main(["babilong", *[x for kv in args.items() for x in kv]])
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_cli_rejects_bad_sample_counts(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["babilong", "--model", "x", "--samples", "0k=many"])
+    assert exit_info.value.code == 2 and "one count per length" in capsys.readouterr().err
+
+
+def test_samples_per_length_cell_by_cell(folders):
+    reader = load_reader(str(folders[1]), name="rmt", tokenizer=transformers.ByT5Tokenizer())
+    report = evaluate_babilong([reader], [1], ["0k", "300"], {"0k": 3, "300": 1}, babi="generated", progress=False)
+    assert [len(report["outputs"]["rmt"]["qa1"][n]) for n in ("0k", "300")] == [3, 1]
 
 
 def test_cli_rejects_bad_task_lists(capsys):
@@ -120,3 +154,24 @@ def test_smollm2_reads_the_official_prompt_and_answers(tmp_path):
     rows = report["outputs"]["smollm2-135m"]["qa1"]["0k"]
     assert all(row["output"].strip() for row in rows)  # it writes an answer, not nothing
     assert 0 <= report["results"]["smollm2-135m"]["accuracy"]["qa1"]["0k"] <= 1
+
+
+def test_a_training_run_is_read_from_any_directory(tmp_path, monkeypatch):
+    """A run's state.json holds paths relative to the run folder: `rmt babilong` resolves them there."""
+    from rmt.training import TrainConfig, train
+
+    config = TrainConfig.from_dict({
+        "task": "babilong-qa1", "task_args": {"babi": "generated", "num_facts": 2, "prompt": "none", "fill": "input"},
+        "backbone": {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "num_key_value_heads": 2, "intermediate_size": 64},
+        "rmt": {"num_mem_tokens": 2, "segment_size": 128}, "curriculum": [1], "steps_per_stage": 1,
+        "batch_size": 2, "eval_examples": 2, "eval_every": 1, "save_every": 1, "out_dir": str(tmp_path / "run")})
+    train(config, progress=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    reader = load_reader(str(tmp_path / "run"), name="rmt")
+    assert reader.is_rmt and reader.info["segment_size"] == 128
+    report = evaluate_babilong([reader], [1], [200], 2, babi="generated", max_new_tokens=1, batch_size=2,
+                               progress=False)
+    assert len(report["outputs"]["rmt"]["qa1"]["200"]) == 2

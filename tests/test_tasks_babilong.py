@@ -134,3 +134,29 @@ def test_answer_marker_follows_the_question():
     task = BabilongTask(1, length=0, babi="generated", prompt="none", answer_marker="GEN")
     s = task.sample(0)
     assert task.decode(s.tail) == f" {s.question}GEN"
+
+
+@needs_babi
+@pytest.mark.parametrize("prompt,length", [("none", 300), ("official", 3000)])
+def test_fill_input_makes_the_whole_sample_the_length(prompt, length):
+    task = BabilongTask(1, length=length, babi=BABI_DIR, prompt=prompt, fill="input")
+    for i in range(3):
+        assert len(task.example(i)["input_ids"]) == length  # prompt, context, question and answer
+    published = BabilongTask(1, length=length, babi=BABI_DIR, prompt=prompt)
+    assert published.num_tokens(0) - len(published.sample(0).head) - len(published.sample(0).tail) == length
+    facts_only = BabilongTask(1, length=0, babi=BABI_DIR, prompt="none", fill="input")
+    assert facts_only.example(0) == BabilongTask(1, length=0, babi=BABI_DIR, prompt="none").example(0)
+    with pytest.raises(ValueError, match="fill must be 'context'"):
+        BabilongTask(1, babi=BABI_DIR, fill="sample")
+    with pytest.raises(ValueError, match="fit in a context of 20 tokens"):
+        BabilongTask(1, length=20, babi=BABI_DIR, fill="input", prompt="official").sample(0)
+
+
+@needs_babi
+def test_train_indices_wrap_around_the_file_with_new_layouts():
+    task = BabilongTask(1, length=200, babi=BABI_DIR, prompt="none")
+    n = task.num_samples("train")
+    assert task.question(n + 5, "train") == task.question(5, "train")
+    assert task.example(n + 5, "train")["input_ids"] != task.example(5, "train")["input_ids"]  # another background
+    with pytest.raises(ValueError, match=f"has {task.num_samples()} samples"):
+        task.sample(task.num_samples(), "test")

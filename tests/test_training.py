@@ -257,3 +257,35 @@ def test_init_from_a_different_model_is_refused_before_the_run_starts(tmp_path):
     assert not (tmp_path / "other").exists()
     with pytest.raises(FileNotFoundError, match="init_from="):
         train(tiny_config(tmp_path / "none", init_from=str(tmp_path / "missing")), progress=False)
+
+
+BABI_DIR = Path(__file__).parents[2] / "shared" / "babi" / "en"
+CONFIGS = sorted(Path(__file__).parents[1].joinpath("src", "rmt", "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_bundled_training_config_builds_and_makes_every_length(path):
+    """What `rmt train` checks before it starts, for each shipped config (BABILong reads the bAbI files)."""
+    from rmt.training.trainer import _check_tasks, build_model
+
+    overrides = ()
+    if "babilong" in path.stem:
+        if not BABI_DIR.is_dir():
+            pytest.skip(f"no bAbI data at {BABI_DIR}")
+        overrides = (f"task_args.babi={BABI_DIR}",)
+    config = TrainConfig.load(path, overrides)
+    model, tasks = build_model(config)
+    _check_tasks(config, tasks)
+    for stage in config.stages():
+        ex = tasks(stage.segments).example(0, "train")
+        assert len(ex["input_ids"]) <= stage.segments * tasks.segment_size or "babilong" not in path.stem
+
+
+@pytest.mark.skipif(not BABI_DIR.is_dir(), reason=f"no bAbI data at {BABI_DIR}")
+def test_cli_bad_babilong_fill_is_one_line(tmp_path):
+    config = Path(__file__).parents[1] / "src" / "rmt" / "configs" / "babilong-qa1.yaml"
+    result = _run_cli([sys.executable, "-m", "rmt.cli", "train", str(config), "--set", f"task_args.babi={BABI_DIR}",
+                       "--set", "task_args.fill=sample", "--out", str(tmp_path / "run")], tmp_path)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "fill must be 'context'" in result.stderr
+    assert not (tmp_path / "run").exists()

@@ -8,7 +8,7 @@ Three kinds of model, as the benchmark evaluates them:
   ``"{context} {question}"`` with no prompt (as the authors' fine-tuned RMTs were evaluated): the
   input is streamed segment by segment into memory (``model.stream``), then the answer is
   generated from the last partial segment (``model.generate``), so inputs of millions of tokens
-  never sit in memory whole;
+  never sit in memory whole; samples of one input length stream together, ``batch_size`` at a time;
 * the same RMT's backbone without memory (``num_mem_tokens=0``): it sees only the last segment.
 
 Both metrics are reported: the benchmark's strict ``compare_answers`` and lm-eval's lenient match.
@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import torch
 
@@ -69,13 +69,14 @@ def load_reader(spec: str, name: Optional[str] = None, tokenizer: Any = None) ->
     name = name or path.name or spec
     if (path / "train_config.json").is_file():
         from ..training.config import TrainConfig
+        from ..training.run_dir import read_state
         from ..training.trainer import load_trained, make_tasks
 
-        state = path / "state.json"
-        if not state.is_file():
-            raise FileNotFoundError(f"{state} not found: has the run in {path} finished a stage?")
+        stages = read_state(path)["stages"]  # best_dir resolved against the run folder (stored relative to it)
+        if not stages:
+            raise FileNotFoundError(f"{path / 'state.json'} not found: has the run in {path} finished a stage?")
         config = TrainConfig.load(path / "train_config.json")
-        model = load_trained(config, json.loads(state.read_text())["stages"][-1]["best_dir"])
+        model = load_trained(config, stages[-1]["best_dir"])
         tok = tokenizer if tokenizer is not None else make_tasks(config).tokenizer
         return Reader(name, model.eval(), tok, spec, is_rmt=True, info=_rmt_info(model))
     if (path / "rmt_config.json").is_file():
@@ -116,17 +117,30 @@ def _folder_tokenizer(path: Path) -> Any:
 def answer_rmt(model: RecurrentMemoryTransformer, task: BabilongTask, index: int, split: str,
                max_new_tokens: int) -> list[int]:
     """Read sample ``index`` through memory and generate its answer (new token ids)."""
+    return answer_rmt_batch(model, task, [index], split, max_new_tokens)[0]
+
+
+def answer_rmt_batch(model: RecurrentMemoryTransformer, task: BabilongTask, indices: Sequence[int], split: str,
+                     max_new_tokens: int) -> list[list[int]]:
+    """Read samples ``indices``, all of one input length, through memory together; their answers' new ids."""
+    lengths = {task.num_tokens(i, split) for i in indices}
+    if len(lengths) != 1:
+        raise ValueError(f"samples streamed together must have one input length, got {sorted(lengths)}")
     s = model.rmt_config.segment_size
-    return generate_streamed(model, task.iter_chunks(index, s, split), task.num_tokens(index, split), max_new_tokens)
+    streams = [task.iter_chunks(i, s, split) for i in indices]
+    chunks = (torch.tensor(rows) for rows in zip(*streams))  # (B, s) ... then (B, 1..s)
+    return generate_streamed(model, chunks, lengths.pop(), max_new_tokens)
 
 
 @torch.no_grad()
-def generate_streamed(model: RecurrentMemoryTransformer, chunks: Iterator[list[int]], num_tokens: int,
-                      max_new_tokens: int, **generate_kwargs: Any) -> list[int]:
+def generate_streamed(model: RecurrentMemoryTransformer, chunks: Iterator[Any], num_tokens: int,
+                      max_new_tokens: int, **generate_kwargs: Any) -> Any:
     """Greedy continuation (new token ids) of an input of ``num_tokens`` ids given as ``segment_size`` chunks.
 
     The full segments are streamed into memory (``model.stream``), then ``model.generate`` decodes
     from the last partial segment: what ``generate`` on the whole input does, without holding it.
+    Chunks are lists of ids (one sample: returns its new ids) or (B, s) tensors, the B samples read
+    together (returns B lists of new ids).
     """
     full = (num_tokens - 1) // model.rmt_config.segment_size  # segments read before the one decoding starts in
     memory = None
@@ -135,10 +149,13 @@ def generate_streamed(model: RecurrentMemoryTransformer, chunks: Iterator[list[i
     else:  # without memory, the segments before the last change nothing
         for _ in range(full):
             next(chunks)
-    last = torch.tensor([next(chunks)])  # (1, 1..s)
+    last = next(chunks)
+    batched = isinstance(last, torch.Tensor) and last.dim() == 2
+    last = last if batched else torch.tensor([last])  # (B, 1..s)
     generate_kwargs.setdefault("do_sample", False)
     out = model.generate(last, max_new_tokens=max_new_tokens, memory=memory, **generate_kwargs)
-    return out[0, last.shape[1]:].tolist()
+    new = out[:, last.shape[1]:].tolist()
+    return new if batched else new[0]
 
 
 @torch.no_grad()
@@ -169,20 +186,23 @@ def _decode(tokenizer: Any, ids: list[int]) -> str:
 
 
 # -- the grid ----------------------------------------------------------------------------------
-def evaluate_babilong(readers: Sequence[Reader], tasks: Sequence[int], lengths: Sequence[str], num_samples: int,
+def evaluate_babilong(readers: Sequence[Reader], tasks: Sequence[int], lengths: Sequence[str],
+                      num_samples: int | Mapping[str, int],
                       babi: Any = None, background: Optional[str] = None, split: str = "test",
                       max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 1,
                       prompt_source: str = "auto", answer_marker: str = "", progress: bool = True) -> dict:
-    """Every reader on the first ``num_samples`` samples of every task x length.
+    """Every reader on the first ``num_samples`` samples of every task x length (an int, or one per
+    length: ``{"0k": 200, "1M": 20}``, every length given).
 
     ``answer_marker`` goes after the question for RMTs (``"GEN"`` for the authors' checkpoints).
+    ``batch_size`` samples are read at a time: a full-attention model's left-padded, an RMT's of
+    one input length streamed together (each gets what it gets alone).
     Returns ``{"results": {model: {metric: {"qaN": {length: value or None}}}}, "outputs": ...}``;
     a cell a full-attention model cannot read (input longer than its context) is None.
     """
     from tqdm.auto import tqdm
 
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    per_length = samples_per_length(num_samples, lengths)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for length in lengths:
@@ -191,7 +211,7 @@ def evaluate_babilong(readers: Sequence[Reader], tasks: Sequence[int], lengths: 
     texts: dict[int, BackgroundText] = {}  # the background text read once per tokenizer
     results: dict = {r.name: {m: {} for m in METRICS} for r in readers}
     outputs: dict = {r.name: {} for r in readers}
-    bar = tqdm(total=len(readers) * len(tasks) * len(lengths) * num_samples, unit="sample", desc="BABILong",
+    bar = tqdm(total=len(readers) * len(tasks) * sum(per_length.values()), unit="sample", desc="BABILong",
                disable=not progress)
     for reader in readers:
         key = id(reader.tokenizer)
@@ -203,9 +223,10 @@ def evaluate_babilong(readers: Sequence[Reader], tasks: Sequence[int], lengths: 
                                     prompt=reader.prompt, prompt_source=prompt_source,
                                     answer_marker=answer_marker if reader.is_rmt else "")
                 available = task.num_samples(split)
-                count = num_samples if available is None else min(num_samples, available)
+                wanted = per_length[str(length)]
+                count = wanted if available is None else min(wanted, available)
                 answers = _answer_cell(reader, task, count, split, max_new_tokens, batch_size, bar)
-                bar.update(num_samples - count)
+                bar.update(wanted - count)
                 cell = f"qa{qa}", str(length)
                 if answers is None:
                     for m in METRICS:
@@ -224,15 +245,42 @@ def evaluate_babilong(readers: Sequence[Reader], tasks: Sequence[int], lengths: 
     return {"results": results, "outputs": outputs, "seconds": round(time.time() - start, 1)}
 
 
+def samples_per_length(num_samples: int | Mapping[str, int], lengths: Sequence[str],
+                       name: str = "num_samples") -> dict[str, int]:
+    """``{length: samples}`` from one count for every length or a count per length (each >= 1, none
+    missing); ``name`` is what errors call the argument."""
+    if isinstance(num_samples, Mapping):
+        given = {str(k): v for k, v in num_samples.items()}
+        missing, extra = [str(n) for n in lengths if str(n) not in given], sorted(set(given) - set(map(str, lengths)))
+        if missing or extra:
+            raise ValueError(f"{name} per length must name exactly the lengths evaluated: "
+                             f"{'missing ' + ', '.join(missing) if missing else 'not evaluated: ' + ', '.join(extra)}")
+        counts = {str(n): given[str(n)] for n in lengths}
+    else:
+        counts = {str(n): num_samples for n in lengths}
+    for length, n in counts.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            where = f" for {length}" if isinstance(num_samples, Mapping) else ""
+            raise ValueError(f"{name} must be >= 1, got {n!r}{where}")
+    return counts
+
+
 def _answer_cell(reader: Reader, task: BabilongTask, count: int, split: str, max_new_tokens: int,
                  batch_size: int, bar) -> Optional[list[str]]:
     """The generated answers of one cell, or None if a full-attention model cannot read its inputs."""
     answers: list[str] = []
-    if reader.is_rmt:
+    if reader.is_rmt:  # samples of one input length stream together, batch_size at a time, in sample order
+        by_length: dict[int, list[int]] = {}
         for i in range(count):
-            answers.append(_decode(reader.tokenizer, answer_rmt(reader.model, task, i, split, max_new_tokens)))
-            bar.update(1)
-        return answers
+            by_length.setdefault(task.num_tokens(i, split), []).append(i)
+        found: dict[int, str] = {}
+        for group in by_length.values():
+            for begin in range(0, len(group), batch_size):
+                batch = group[begin:begin + batch_size]
+                new = answer_rmt_batch(reader.model, task, batch, split, max_new_tokens)
+                found.update((i, _decode(reader.tokenizer, ids)) for i, ids in zip(batch, new))
+                bar.update(len(batch))
+        return [found[i] for i in range(count)]
     limit = reader.max_positions
     if limit is not None and max(task.num_tokens(i, split) for i in range(count)) + max_new_tokens > limit:
         bar.update(count)

@@ -23,6 +23,17 @@ def _names(text: str) -> list[str]:
     return values
 
 
+def _samples(text: str) -> int | dict[str, int]:
+    """``100`` (every length) or ``0k=200,1M=20`` (one count per length)."""
+    try:
+        if "=" not in text:
+            return int(text)
+        return {k.strip(): int(v) for k, v in (item.split("=") for item in text.split(",") if item.strip())}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"samples are a count (100) or one count per length (0k=200,1M=20); "
+                                         f"got {text!r}") from None
+
+
 def add_subparser(subparsers) -> argparse.ArgumentParser:
     """Register ``babilong`` on an ``argparse`` subparsers object; the handler is ``args.func(args)``."""
     p = subparsers.add_parser("babilong", help="evaluate models on BABILong (tasks x lengths)", description=run.__doc__)
@@ -34,7 +45,8 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tasks", type=_ints, default=[1, 2, 3, 4, 5], help="comma list, e.g. qa1,qa2 (default qa1-qa5)")
     p.add_argument("--lengths", type=_names, default=["0k", "1k", "2k", "4k"],
                    help="comma list of BABILong lengths (0k, 1k, ..., 128k, 1M, 10M) or token counts (default 0k-4k)")
-    p.add_argument("--samples", type=int, default=100, help="samples per task and length (default 100)")
+    p.add_argument("--samples", type=_samples, default=100, metavar="N|LENGTH=N,...",
+                   help="samples per task and length (default 100), or one count per length: 0k=200,1M=20")
     p.add_argument("--babi", metavar="PATH",
                    help="a bAbI v1.2 folder (default: $RMT_BABI_DIR, else the published sets through datasets)")
     p.add_argument("--background", metavar="SOURCE",
@@ -42,7 +54,8 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
                         "(default: the bundled public-domain books)")
     p.add_argument("--split", default="test", choices=("train", "test"), help="which bAbI file (default test)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="answer length (default 16, as lm-eval)")
-    p.add_argument("--batch-size", type=int, default=1, help="samples per batch for full-attention models")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="samples per batch (default 1); an RMT streams samples of equal input length together")
     p.add_argument("--tokenizer", metavar="NAME_OR_PATH", help="tokenizer for RMT folders that do not hold one")
     p.add_argument("--prompt-source", default="auto", choices=("auto", "lm-eval", "published"),
                    help="where the official prompts are read from (default: lm-eval's task files if installed)")
@@ -59,10 +72,11 @@ def run(args: argparse.Namespace) -> int:
     babilong.json (scores, settings and every output) and babilong.png (heatmaps) to --out."""
     from ..tasks.babilong import context_length
     from ..tasks.babilong_prompts import babilong_prompt
-    from .babilong import evaluate_babilong, format_table, load_reader, no_memory, plot_heatmap, write_report
+    from .babilong import (evaluate_babilong, format_table, load_reader, no_memory, plot_heatmap, samples_per_length,
+                           write_report)
 
-    for name, value in (("--samples", args.samples), ("--max-new-tokens", args.max_new_tokens),
-                        ("--batch-size", args.batch_size)):
+    samples = samples_per_length(args.samples, args.lengths, "--samples")
+    for name, value in (("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     for length in args.lengths:
@@ -87,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
                                answer_marker=args.answer_marker)
     settings = {
         "tasks": [f"qa{qa}" for qa in args.tasks], "lengths": [str(n) for n in args.lengths],
-        "context_tokens": {str(n): context_length(n) for n in args.lengths}, "samples_per_cell": args.samples,
+        "context_tokens": {str(n): context_length(n) for n in args.lengths}, "samples_per_cell": args.samples if isinstance(args.samples, int) else samples,
         "babi": args.babi or "default", "background": args.background or "bundled", "split": args.split,
         "max_new_tokens": args.max_new_tokens, "answer_marker": args.answer_marker,
         "prompt_source": babilong_prompt(args.tasks[0], args.prompt_source).source,
@@ -96,9 +110,16 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     path = write_report(out, {**settings, **report})
     plot_heatmap(out / "babilong.png", report["results"], args.tasks, args.lengths,
-                 title=f"BABILong, {args.samples} samples per cell")
+                 title=f"BABILong, {_samples_title(samples)} per cell")
     print(format_table(report["results"], args.tasks, args.lengths, "accuracy"))
     print()
     print(format_table(report["results"], args.tasks, args.lengths, "lenient"))
     print(f"\nwrote {path} and {out / 'babilong.png'} ({report['seconds']:.0f} s)")
     return 0
+
+
+def _samples_title(samples: dict[str, int]) -> str:
+    counts = set(samples.values())
+    if len(counts) == 1:
+        return f"{counts.pop()} samples"
+    return "samples " + ", ".join(f"{k}: {v}" for k, v in samples.items())

@@ -91,22 +91,32 @@ class BabilongTask(Task):
         answer_marker: text put right after the question, before the answer (the authors' fine-tuned
             RMTs were trained with ``"GEN"`` there).
         num_facts: facts per generated story (``babi="generated"`` only).
+        fill: what ``length`` measures: ``"context"`` (the benchmark's: the question follows a context of
+            ``length`` tokens) or ``"input"`` (training: each sample's context is shortened so that context,
+            question and answer are ``length`` tokens together, so a curriculum stage of ``n`` segments
+            holds whole samples in ``n`` segments and its first stage needs no memory).
 
-    Splits: ``"train"`` reads the bAbI train file, ``"validation"`` and ``"test"`` the test file.
+    Splits: ``"train"`` reads the bAbI train file, ``"validation"`` and ``"test"`` the test file. Train
+    indices wrap around the file: train sample ``i`` asks question ``i mod N`` in its own background
+    and fact positions (a run of any length); test indices past the file are an error.
     """
 
     kind = "causal-lm"
 
     @classmethod
     def length_for_segments(cls, num_segments: int, segment_size: int, **task_args) -> dict:
-        """A context of exactly ``num_segments * segment_size`` tokens (the question and answer follow it)."""
+        """A context of exactly ``num_segments * segment_size`` tokens (the question and answer follow it;
+        with ``fill="input"`` the whole sample is that long)."""
         return {"length": num_segments * segment_size}
 
     def __init__(self, qa: int, tokenizer=None, seed: int = 0, length: int | str = "4k",
                  babi: str | Path | None = None, background: str | Path | BackgroundText | None = None,
                  prompt: str | BabilongPrompt = "official", prompt_source: str = "auto",
-                 answer_marker: str = "", num_facts: int | None = None) -> None:
+                 answer_marker: str = "", num_facts: int | None = None, fill: str = "context") -> None:
         super().__init__(tokenizer, seed)
+        if fill not in ("context", "input"):
+            raise ValueError(f"fill must be 'context' (length is the context's) or 'input' (context, question and "
+                             f"answer together), got {fill!r}")
         if qa not in BABI_TASKS:
             raise ValueError(f"qa must be 1-20, got {qa!r}")
         if babi == "generated" and qa not in QA_TASKS:
@@ -116,7 +126,7 @@ class BabilongTask(Task):
         self.qa, self.name = qa, f"babilong-qa{qa}"
         self.length = length
         self.context_tokens = context_length(length)
-        self.babi, self.num_facts = babi, num_facts
+        self.babi, self.num_facts, self.fill = babi, num_facts, fill
         self.answer_marker = answer_marker
         if isinstance(prompt, BabilongPrompt):
             self.prompt = prompt
@@ -142,15 +152,15 @@ class BabilongTask(Task):
             if self.context_tokens:
                 sizes: dict[str, int] = {}  # fact text -> tokens (bAbI repeats its sentences a lot)
 
-                def fits(facts) -> bool:
+                def fits(facts, q) -> bool:
                     if len(facts) > self.context_tokens // FACT_TOKENS:
                         return False
                     for f in facts:
                         if f.text not in sizes:
                             sizes[f.text] = len(self.encode(" " + f.text))
-                    return sum(sizes[f.text] for f in facts) <= self.context_tokens
+                    return sum(sizes[f.text] for f in facts) <= self._context_room(q)
 
-                questions = [q for q in questions if fits(q[0])]
+                questions = [q for q in questions if fits(*q)]
             if not questions:
                 raise ValueError(f"no qa{self.qa} question's facts fit in a context of {self.context_tokens} tokens "
                                  f"(at most {self.context_tokens // FACT_TOKENS} facts); use a longer length")
@@ -163,10 +173,12 @@ class BabilongTask(Task):
         return None if self.babi == "generated" else len(self.questions(split))
 
     def question(self, index: int, split: str = "test") -> Question:
-        """The facts and question of sample ``index``."""
+        """The facts and question of sample ``index`` (train indices wrap around the file)."""
         if self.babi == "generated":
             return generate_story(self.qa, self.rng(index, split), self.num_facts).questions()[-1]
         questions = self.questions(split)
+        if split == "train" and index >= 0:
+            index %= len(questions)
         if not 0 <= index < len(questions):
             raise ValueError(f"{self.name} {split} has {len(questions)} samples at this length; got index {index}")
         return questions[index]
@@ -177,16 +189,28 @@ class BabilongTask(Task):
         facts, q = self.question(index, split)
         fact_ids = [self.encode(" " + f.text) for f in facts]
         fixed = sum(map(len, fact_ids))
-        if self.context_tokens and self.context_tokens < fixed:
+        room = self._context_room(q)
+        if self.context_tokens and room < fixed:
             raise ValueError(f"{self.name} sample {index}: its {len(facts)} facts take {fixed} tokens, more than the "
-                             f"context of {self.context_tokens}; use a longer length or 0k (facts only)")
-        noise = self.context_tokens - fixed if self.context_tokens else 0
+                             f"context of {room}; use a longer length or 0k (facts only)")
+        noise = room - fixed if self.context_tokens else 0
         rng = random.Random(f"{self.name}|{self.seed}|{split}|{index}|layout")
         positions = sorted(rng.randint(0, noise) for _ in fact_ids)
         head = self.encode(self.prompt.head()) if self.prompt else []
+        return BabilongSample(fact_ids, positions, noise, rng.getrandbits(64), head, self._tail(q), q.text, q.answer)
+
+    def _tail(self, q) -> list[int]:
+        """The ids after the context: the question (in the prompt's words) and the answer marker."""
         tail = self.encode(self.prompt.tail(q.text) if self.prompt else " " + q.text)
-        tail += self.encode(self.answer_marker) if self.answer_marker else []
-        return BabilongSample(fact_ids, positions, noise, rng.getrandbits(64), head, tail, q.text, q.answer)
+        return tail + (self.encode(self.answer_marker) if self.answer_marker else [])
+
+    def _context_room(self, q) -> int:
+        """Context tokens for question ``q``: ``context_tokens``, less the prompt, question and answer
+        under ``fill="input"`` (0 stays 0, the facts alone)."""
+        if self.fill == "context" or not self.context_tokens:
+            return self.context_tokens
+        head = len(self.encode(self.prompt.head())) if self.prompt else 0
+        return self.context_tokens - head - len(self._tail(q)) - len(self.encode(" " + q.answer))
 
     def iter_context(self, index: int, split: str = "test") -> Iterator[list[int]]:
         """The context alone (facts in background text), as a lazy stream of sentences and facts."""
