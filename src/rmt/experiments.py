@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -210,12 +211,15 @@ def draw(results: dict[str, Any], path: Path, heatmap: bool) -> None:
         for name, entry in runs.items():
             e = entry["eval"]["final"]
             ax.plot([n * entry["segment_size"] for n in e["segments"]], e[entry["metric"]], marker="o", label=name)
+        metric = next(iter(runs.values()))["metric"]
         ax.set_xscale("log", base=2)
         ax.set_xlabel("input length, tokens")
-        ax.set_ylabel(next(iter(runs.values()))["metric"])
+        ax.set_ylabel(metric)
+        if metric in ("accuracy", "exact_match"):
+            ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(results["title"], fontsize=10)
+    fig.suptitle(textwrap.fill(results["title"], 80), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
