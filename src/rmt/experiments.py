@@ -24,16 +24,18 @@ ends with ``OUT/results.json``, ``OUT/NAME.png`` and a table.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import textwrap
 import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import yaml
 
+from .config import RMTConfig
 from .training.config import TrainConfig, with_values
 from .training.cli import _positive, _segments
 from .training.run_dir import write_json_atomic
@@ -126,6 +128,7 @@ def _with(data: dict[str, Any], changes: dict[str, Any], path: Path) -> dict[str
 def run(experiment: Experiment, out: Path) -> dict[str, Any]:
     """Train every run (resuming), evaluate it (keeping what was measured), write results.json and the plot."""
     from .training import train
+    from .training.trainer import make_tasks
 
     started = time.time()
     results: dict[str, Any] = {"experiment": experiment.name, "title": experiment.title, "paper": experiment.paper,
@@ -140,14 +143,15 @@ def run(experiment: Experiment, out: Path) -> dict[str, Any]:
         write_json_atomic(timing_file, timing)
         entry = {"config": {k: v for k, v in config.to_dict().items() if k != "out_dir"},
                  "stages": trained.stages, "train_seconds": timing[name],
-                 "segment_size": int(config.rmt.get("segment_size", 128)), "metric": config.metric}
+                 "segment_size": int(config.rmt.get("segment_size", RMTConfig.segment_size)), "metric": config.metric}
         checkpoints = ([(f"{s['segments']}", s["best_dir"], s["segments"]) for s in trained.stages] if experiment.stages
                        else [("final", trained.stages[-1]["best_dir"], None)])
         entry["eval"] = {}
+        tasks = functools.cache(lambda config=config: make_tasks(config))  # built once per run, when first needed
         for label, best_dir, length in checkpoints:
             segments = list(range(1, experiment.up_to * length + 1)) if length else experiment.segments
-            entry["eval"][label] = _evaluated(out / "evals" / f"{name}-{label}.json", config, best_dir, segments,
-                                              experiment)
+            entry["eval"][label] = _evaluated(out / "evals" / f"{name}-{label}.json", config, tasks, best_dir,
+                                              segments, experiment)
         results["runs"][name] = entry
     results["seconds"] = round(time.time() - started, 1)
     write_json_atomic(out / "results.json", results)
@@ -155,10 +159,11 @@ def run(experiment: Experiment, out: Path) -> dict[str, Any]:
     return results
 
 
-def _evaluated(cache: Path, config: TrainConfig, best_dir: str, segments: list[int], experiment: Experiment) -> dict:
+def _evaluated(cache: Path, config: TrainConfig, tasks: Callable[[], Any], best_dir: str, segments: list[int],
+               experiment: Experiment) -> dict:
     """The metric of the model in `best_dir` at each segment count; read back when already measured."""
     from .evaluation.by_length import metric_by_length
-    from .training.trainer import load_trained, make_tasks
+    from .training.trainer import load_trained
 
     spec = {"model": str(Path(best_dir).resolve()), "examples": experiment.examples, "task": config.task,
             "task_args": config.task_args, "metric": config.metric}
@@ -169,10 +174,9 @@ def _evaluated(cache: Path, config: TrainConfig, best_dir: str, segments: list[i
     if missing:
         cache.parent.mkdir(parents=True, exist_ok=True)
         model = load_trained(config, best_dir)
-        tasks = make_tasks(config)
         for n in missing:  # one length at a time, kept at once: a killed experiment loses one length at most
             t0 = time.time()
-            value = metric_by_length({"m": model}, tasks, [n], experiment.examples,
+            value = metric_by_length({"m": model}, tasks(), [n], experiment.examples,
                                      experiment.batch_size or config.eval_batch_size, config.metric, progress=False)["m"][0]
             done["values"][str(n)] = {"value": value, "seconds": round(time.time() - t0, 1)}
             write_json_atomic(cache, done)
