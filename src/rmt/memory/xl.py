@@ -7,7 +7,9 @@ Each segment also attends to the keys and values of the previous ``xl_cache`` *t
 token memory it is Tr-XL + RMT.
 
 Positions: a segment's positions continue after the cached tokens, ``c .. c + L - 1`` for a row
-with ``c`` cached tokens. With rotary positions (Llama-style) the kept keys are rotated after each
+with ``c`` cached tokens. A sink token (``sink_token_id``) stays a sink: it sits at position 0,
+sees only itself (not the cache), and the cache follows it at ``1 .. c``, so a cache that holds
+everything reads like the backbone on ``[sink | the whole input]``. With rotary positions (Llama-style) the kept keys are rotated after each
 segment so that the cache always sits at ``0 .. c - 1``: relative distances are then exact and
 positions stay bounded however long the read. With absolute position tables (GPT-2-style) a
 key keeps the position it was computed at, and the position check counts the cache.
@@ -29,7 +31,7 @@ from typing import Any, Iterator, NamedTuple, Optional
 import torch
 from torch import nn
 
-from .base import BackboneInfo, MemoryMechanism, Run
+from .base import BackboneInfo, MemoryMechanism, Run, block_attention
 
 ROTARY_TYPES = ("llama", "mistral", "qwen2", "qwen3", "smollm3", "olmo", "olmo2", "granite")  # rotate_half convention
 
@@ -55,6 +57,7 @@ class XLCache(MemoryMechanism):
         super().__init__(config, backbone)  # decoders only: the wrapper refuses an encoder before this
         self.inner = inner
         self.size = config.xl_cache
+        self.sink = int(backbone.num_special == 1)  # a sink first in every segment: kept at position 0, before the cache
         self.token_start = inner.token_start
         cfg = backbone.base.config
         heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head")
@@ -105,8 +108,15 @@ class XLCache(MemoryMechanism):
         def with_cache(inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> Any:
             L = inputs_embeds.shape[1]
             positions = state.length.view(-1, 1) + torch.arange(L, device=inputs_embeds.device).view(1, -1)  # (b, L)
-            out = run(inputs_embeds=inputs_embeds, attention_mask=self._extend(state, attention_mask),
-                      position_ids=positions, use_cache=True, **{self._cache_kwarg: self._cache(state)}, **kwargs)
+            if self.sink:  # every row's sink is its position 0 (`arrange` puts it first): position 0, no cache
+                positions[:, 0] = 0
+                if attention_mask.dim() == 2:
+                    attention_mask = block_attention(attention_mask, [], 0, inputs_embeds.dtype)
+                mask = self._extend(state, attention_mask)
+                mask[:, :, 0, : self.size] = torch.finfo(mask.dtype).min
+            else:
+                mask = self._extend(state, attention_mask)
+            out = run(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions, use_cache=True, **{self._cache_kwarg: self._cache(state)}, **kwargs)
             captured["cache"] = getattr(out, "cache", None) or out.past_key_values
             captured["width"] = L
             return out
@@ -137,9 +147,9 @@ class XLCache(MemoryMechanism):
         keys, values = keys.masked_fill(empty, 0), values.masked_fill(empty, 0)  # padding slots hold zeros
         if self._rotary is not None:
             # where each kept key was computed, and where it sits now: the cache at 0 .. count - 1
-            was = torch.where(order < N, order - (N - state.length.view(-1, 1)),
+            was = torch.where(order < N, order - (N - state.length.view(-1, 1)) + self.sink,
                               state.length.view(-1, 1) + order - N)  # (b, N) the position it was rotated at
-            now = torch.arange(N, device=device).view(1, -1) - (N - count).view(-1, 1)
+            now = torch.arange(N, device=device).view(1, -1) - (N - count).view(-1, 1) + self.sink
             keys = self._rotate(keys, now - was)
         return keys, values, count
 
@@ -175,8 +185,17 @@ class XLCache(MemoryMechanism):
             seen = cache.get_seq_length() - N  # what the backbone's generate has fed so far
             mask = kwargs.get("attention_mask")  # (b, seen + n); generate drops an all-ones one
             mask = torch.ones(c.shape[0], seen + n, dtype=torch.long, device=c.device) if mask is None else mask
-            kwargs["attention_mask"] = self._extend(state, mask)  # (b, N + seen + n)
-            kwargs["position_ids"] = c + (mask.long().cumsum(1) - 1).clamp(min=0)[:, -n:]  # (b, n)
+            positions = c + (mask.long().cumsum(1) - 1).clamp(min=0)[:, -n:]  # (b, n)
+            if self.sink and seen == 0:  # the first call feeds the prefix: each row's sink at position 0, no cache
+                first = (mask.long().cumsum(1) == 1) & mask.bool()  # (b, n) each row's first real position
+                positions = positions.masked_fill(first, 0)
+                extended = self._extend(state, block_attention(mask, [], 0, state.keys.dtype))  # (b, 1, n, N + n)
+                extended[:, :, :, :N] = extended[:, :, :, :N].masked_fill(first.view(-1, 1, n, 1),
+                                                                          torch.finfo(extended.dtype).min)
+                kwargs["attention_mask"] = extended
+            else:
+                kwargs["attention_mask"] = self._extend(state, mask)  # (b, N + seen + n)
+            kwargs["position_ids"] = positions
             return args, kwargs
 
         with inner:
