@@ -66,8 +66,15 @@ def test_a_changed_evaluation_is_measured_again(tmp_path):
     assert cache["spec"]["examples"] == 8
 
 
-@pytest.mark.parametrize("path", sorted(Path(str(resources.files("rmt") / "configs" / "experiments")).glob("*.yaml")),
-                         ids=lambda p: p.stem)
+def _bundled_experiments() -> list:
+    """Every bundled experiment; those on a packaged pretrained backbone carry the `pretrained` marker."""
+    paths = sorted(Path(str(resources.files("rmt") / "configs" / "experiments")).glob("*.yaml"))
+    pretrained = lambda p: isinstance((yaml.safe_load(p.read_text()).get("base") or {}), dict) and \
+        isinstance(yaml.safe_load(p.read_text())["base"].get("backbone"), str)
+    return [pytest.param(p, id=p.stem, marks=[pytest.mark.pretrained] if pretrained(p) else []) for p in paths]
+
+
+@pytest.mark.parametrize("path", _bundled_experiments())
 def test_every_bundled_experiment_is_a_valid_config(path, tmp_path):
     experiment = Experiment.load(str(path), tmp_path)
     assert experiment.runs and experiment.title
@@ -124,3 +131,21 @@ def test_segments_and_examples_can_be_overridden_and_measured_lengths_are_reused
     with pytest.raises(SystemExit) as exit_:  # argparse: one usage line and the error
         main(["reproduce", str(path), "--out", str(out), "--segments", "0"])
     assert exit_.value.code == 2
+
+
+def test_language_models_get_the_loss_by_position_in_the_last_segment_once(tmp_path):
+    base = {**TINY_BASE, "task": "language-modeling-last-segment", "task_args": {}, "tokenizer": "byte",
+            "backbone": {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 4}, "metric": "perplexity"}
+    path = tmp_path / "lm.yaml"
+    path.write_text(yaml.safe_dump({"title": "lm", "base": base, "runs": {"rmt": {}, "xl": {"rmt.xl_cache": 16}},
+                                    "eval": {"segments": [1, 3], "examples": 4, "by_position": 3}}))
+    out = tmp_path / "out"
+    assert main(["reproduce", str(path), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    for entry in results["runs"].values():
+        assert entry["by_position"]["segments"] == 3 and len(entry["by_position"]["loss"]) == 16
+        assert all(v > 0 for v in entry["by_position"]["loss"])
+    assert (out / "lm-positions.png").stat().st_size > 0
+    kept = (out / "evals" / "rmt-positions.json").stat().st_mtime_ns
+    assert main(["reproduce", str(path), "--out", str(out)]) == 0
+    assert (out / "evals" / "rmt-positions.json").stat().st_mtime_ns == kept  # measured once

@@ -13,6 +13,8 @@ from it (each a few dotted overrides), and how to evaluate them::
     eval: {segments: [1, 2, 4, 8], examples: 200}
     # or  eval: {stages: true, up_to: 4}: every stage's best checkpoint (a model trained on k
     # segments) evaluated from 1 to up_to * k segments, drawn as a heatmap (the report's Fig. 4)
+    # eval: {..., by_position: 9}: language models also get the loss at each position of the last
+    # segment at 9 segments, drawn in NAME-positions.png (the report's Fig. 8)
 
 A run may start from another run of the experiment, trained before it: ``init_from: "@other"``.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -41,7 +44,7 @@ from .training.cli import _positive, _segments
 from .training.run_dir import write_json_atomic
 
 EXPERIMENT_KEYS = {"title", "paper", "base", "set", "runs", "eval", "plot"}
-EVAL_KEYS = {"segments", "examples", "batch_size", "stages", "up_to"}
+EVAL_KEYS = {"segments", "examples", "batch_size", "stages", "up_to", "by_position"}
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Experiment:
     batch_size: Optional[int] = None
     stages: bool = False  # evaluate every stage's best checkpoint, each from 1 to up_to x its length
     up_to: int = 4
+    by_position: Optional[int] = None  # causal LMs: loss by position in the last segment at this many segments
 
     @classmethod
     def load(cls, name_or_path: str, out: Path) -> "Experiment":
@@ -95,7 +99,8 @@ class Experiment:
         return cls(name=path.stem, title=str(data.get("title", path.stem)), paper=str(data.get("paper", "")),
                    runs=configs, segments=segments, examples=int(spec.get("examples", 100)),
                    batch_size=spec.get("batch_size"), stages=bool(spec.get("stages", False)),
-                   up_to=int(spec.get("up_to", 4)))
+                   up_to=int(spec.get("up_to", 4)),
+                   by_position=int(spec["by_position"]) if spec.get("by_position") is not None else None)
 
 
 def _bundled(folder: str, name: str) -> Path:
@@ -152,10 +157,15 @@ def run(experiment: Experiment, out: Path) -> dict[str, Any]:
             segments = list(range(1, experiment.up_to * length + 1)) if length else experiment.segments
             entry["eval"][label] = _evaluated(out / "evals" / f"{name}-{label}.json", config, tasks, best_dir,
                                               segments, experiment)
+        if experiment.by_position:
+            entry["by_position"] = _positions(out / "evals" / f"{name}-positions.json", config, tasks,
+                                              trained.stages[-1]["best_dir"], experiment)
         results["runs"][name] = entry
     results["seconds"] = round(time.time() - started, 1)
     write_json_atomic(out / "results.json", results)
     draw(results, out / f"{experiment.name}.png", heatmap=experiment.stages)
+    if experiment.by_position:
+        draw_positions(results, out / f"{experiment.name}-positions.png")
     return results
 
 
@@ -183,6 +193,49 @@ def _evaluated(cache: Path, config: TrainConfig, tasks: Callable[[], Any], best_
             print(f"  {cache.stem} at {n} segments: {config.metric} {value:.3f} ({time.time() - t0:.0f} s)")
     return {"segments": segments, config.metric: [done["values"][str(n)]["value"] for n in segments],
             "eval_seconds": round(sum(done["values"][str(n)]["seconds"] for n in segments), 1)}
+
+
+def _positions(cache: Path, config: TrainConfig, tasks: Callable[[], Any], best_dir: str,
+               experiment: Experiment) -> dict:
+    """The loss at each position of the last segment at `experiment.by_position` segments; read back when measured."""
+    from .evaluation.by_position import loss_by_position
+    from .training.trainer import load_trained
+
+    n = experiment.by_position
+    spec = {"model": str(Path(best_dir).resolve()), "examples": experiment.examples, "task": config.task,
+            "task_args": config.task_args, "segments": n}
+    done = json.loads(cache.read_text()) if cache.is_file() else {}
+    if done.get("spec") != spec:
+        t0 = time.time()
+        losses = loss_by_position(load_trained(config, best_dir), tasks()(n), experiment.examples,
+                                  experiment.batch_size or config.eval_batch_size)
+        done = {"spec": spec, "loss": [None if math.isnan(v) else v for v in losses], "seconds": round(time.time() - t0, 1)}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(cache, done)
+        print(f"  {cache.stem}: loss by position at {n} segments ({done['seconds']:.0f} s)")
+    return {"segments": n, "loss": done["loss"], "seconds": done["seconds"]}
+
+
+def draw_positions(results: dict[str, Any], path: Path) -> None:
+    """The loss at each position of the last segment, one curve per run (the report's Fig. 8)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, entry in results["runs"].items():
+        losses = [float("nan") if v is None else v for v in entry["by_position"]["loss"]]
+        ax.plot(range(len(losses)), losses, label=name)
+    n = next(iter(results["runs"].values()))["by_position"]["segments"]
+    ax.set_xlabel(f"position in the last segment (of {n} segments)")
+    ax.set_ylabel("loss, nats")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(textwrap.fill(results["title"], 80), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def draw(results: dict[str, Any], path: Path, heatmap: bool) -> None:
@@ -235,6 +288,11 @@ def table(results: dict[str, Any]) -> str:
         for label, e in entry["eval"].items():
             cells = "  ".join(f"{n}:{v:.3f}" for n, v in zip(e["segments"], e[entry["metric"]]))
             lines.append(f"{name}{'' if label == 'final' else f' (trained on {label})'}: {entry['metric']} by segments  {cells}")
+        if "by_position" in entry:
+            losses = [v for v in entry["by_position"]["loss"] if v is not None]
+            quarter = max(len(losses) // 4, 1)
+            lines.append(f"{name}: loss at {entry['by_position']['segments']} segments, last segment's first quarter "
+                         f"{sum(losses[:quarter]) / quarter:.3f}, last quarter {sum(losses[-quarter:]) / quarter:.3f}")
     lines.append(f"{results['seconds'] / 60:.1f} min in this call")
     return "\n".join(lines)
 
