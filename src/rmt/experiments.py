@@ -232,10 +232,7 @@ def draw_positions(results: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("loss, nats")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(textwrap.fill(results["title"], 80), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, results["title"], path)
 
 
 def draw(results: dict[str, Any], path: Path, heatmap: bool) -> None:
@@ -276,7 +273,13 @@ def draw(results: dict[str, Any], path: Path, heatmap: bool) -> None:
             ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(textwrap.fill(results["title"], 80), fontsize=9)
+    _save(fig, results["title"], path)
+
+
+def _save(fig: Any, title: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(textwrap.fill(title, 80), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
