@@ -169,14 +169,19 @@ def run(experiment: Experiment, out: Path) -> dict[str, Any]:
     return results
 
 
+def _spec(config: TrainConfig, best_dir: str, experiment: Experiment, **what: Any) -> dict:
+    """What a kept measurement depends on: the model, the examples, the task and `what` was measured."""
+    return {"model": str(Path(best_dir).resolve()), "examples": experiment.examples, "task": config.task,
+            "task_args": config.task_args, **what}
+
+
 def _evaluated(cache: Path, config: TrainConfig, tasks: Callable[[], Any], best_dir: str, segments: list[int],
                experiment: Experiment) -> dict:
     """The metric of the model in `best_dir` at each segment count; read back when already measured."""
     from .evaluation.by_length import metric_by_length
     from .training.trainer import load_trained
 
-    spec = {"model": str(Path(best_dir).resolve()), "examples": experiment.examples, "task": config.task,
-            "task_args": config.task_args, "metric": config.metric}
+    spec = _spec(config, best_dir, experiment, metric=config.metric)
     done = json.loads(cache.read_text()) if cache.is_file() else {}
     if done.get("spec") != spec:
         done = {"spec": spec, "values": {}}
@@ -202,8 +207,7 @@ def _positions(cache: Path, config: TrainConfig, tasks: Callable[[], Any], best_
     from .training.trainer import load_trained
 
     n = experiment.by_position
-    spec = {"model": str(Path(best_dir).resolve()), "examples": experiment.examples, "task": config.task,
-            "task_args": config.task_args, "segments": n}
+    spec = _spec(config, best_dir, experiment, segments=n)
     done = json.loads(cache.read_text()) if cache.is_file() else {}
     if done.get("spec") != spec:
         t0 = time.time()

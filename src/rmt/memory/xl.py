@@ -9,8 +9,9 @@ token memory it is Tr-XL + RMT.
 Positions: a segment's positions continue after the cached tokens, ``c .. c + L - 1`` for a row
 with ``c`` cached tokens. A sink token (``sink_token_id``) stays a sink: it sits at position 0,
 sees only itself (not the cache), and the cache follows it at ``1 .. c``, so a cache that holds
-everything reads like the backbone on ``[sink | the whole input]``. With rotary positions (Llama-style) the kept keys are rotated after each
-segment so that the cache always sits at ``0 .. c - 1``: relative distances are then exact and
+everything reads like the backbone on ``[sink | the whole input]``. With rotary positions
+(Llama-style) the kept keys are rotated after each segment so that the cache always sits at
+``0 .. c - 1`` (``1 .. c`` after a sink): relative distances are then exact and
 positions stay bounded however long the read. With absolute position tables (GPT-2-style) a
 key keeps the position it was computed at, and the position check counts the cache.
 
@@ -90,15 +91,21 @@ class XLCache(MemoryMechanism):
         pairs = [(state.keys[:, i].detach(), state.values[:, i].detach()) for i in range(self.layers)]
         return DynamicCache(ddp_cache_data=pairs)
 
-    def _extend(self, state: XLState, mask: torch.Tensor) -> torch.Tensor:
-        """The caller's segment mask (2-D (b, L) or 4-D (b, 1, L, L)) with the cache's slots in front."""
+    def _extend(self, state: XLState, mask: torch.Tensor, sink: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The caller's segment mask (2-D (b, L) or 4-D (b, 1, L, L)) with the cache's slots in front.
+        `sink` (b, L) marks the sink's rows, which see none of the cache (a 2-D mask becomes 4-D then)."""
         N = self.size
         slots = torch.arange(N, device=mask.device).view(1, -1) >= (N - state.length).view(-1, 1)  # (b, N)
-        if mask.dim() == 2:
+        if mask.dim() == 2 and sink is None:
             return torch.cat([slots.to(mask.dtype), mask], dim=1)
+        if mask.dim() == 2:
+            mask = block_attention(mask, [], 0, state.keys.dtype)  # causal, padding masked out
         b, _, L, _ = mask.shape
+        hidden = ~slots.view(b, 1, 1, N)
+        if sink is not None:
+            hidden = hidden | sink.view(b, 1, L, 1)
         cache = torch.zeros(b, 1, L, N, dtype=mask.dtype, device=mask.device)
-        cache = cache.masked_fill(~slots.view(b, 1, 1, N), torch.finfo(mask.dtype).min)
+        cache = cache.masked_fill(hidden, torch.finfo(mask.dtype).min)
         return torch.cat([cache, mask], dim=-1)
 
     def segment(self, run: Run, embeds: torch.Tensor, lengths: torch.Tensor, state: XLState,
@@ -108,15 +115,13 @@ class XLCache(MemoryMechanism):
         def with_cache(inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> Any:
             L = inputs_embeds.shape[1]
             positions = state.length.view(-1, 1) + torch.arange(L, device=inputs_embeds.device).view(1, -1)  # (b, L)
-            if self.sink:  # every row's sink is its position 0 (`arrange` puts it first): position 0, no cache
-                positions[:, 0] = 0
-                if attention_mask.dim() == 2:
-                    attention_mask = block_attention(attention_mask, [], 0, inputs_embeds.dtype)
-                mask = self._extend(state, attention_mask)
-                mask[:, :, 0, : self.size] = torch.finfo(mask.dtype).min
-            else:
-                mask = self._extend(state, attention_mask)
-            out = run(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions, use_cache=True, **{self._cache_kwarg: self._cache(state)}, **kwargs)
+            sink = None
+            if self.sink:  # every row's sink is its first position (`arrange` puts it there): position 0, no cache
+                sink = torch.zeros_like(positions, dtype=torch.bool)
+                sink[:, 0] = True
+                positions = positions.masked_fill(sink, 0)
+            out = run(inputs_embeds=inputs_embeds, attention_mask=self._extend(state, attention_mask, sink),
+                      position_ids=positions, use_cache=True, **{self._cache_kwarg: self._cache(state)}, **kwargs)
             captured["cache"] = getattr(out, "cache", None) or out.past_key_values
             captured["width"] = L
             return out
@@ -186,15 +191,11 @@ class XLCache(MemoryMechanism):
             mask = kwargs.get("attention_mask")  # (b, seen + n); generate drops an all-ones one
             mask = torch.ones(c.shape[0], seen + n, dtype=torch.long, device=c.device) if mask is None else mask
             positions = c + (mask.long().cumsum(1) - 1).clamp(min=0)[:, -n:]  # (b, n)
-            if self.sink and seen == 0:  # the first call feeds the prefix: each row's sink at position 0, no cache
-                first = (mask.long().cumsum(1) == 1) & mask.bool()  # (b, n) each row's first real position
-                positions = positions.masked_fill(first, 0)
-                extended = self._extend(state, block_attention(mask, [], 0, state.keys.dtype))  # (b, 1, n, N + n)
-                extended[:, :, :, :N] = extended[:, :, :, :N].masked_fill(first.view(-1, 1, n, 1),
-                                                                          torch.finfo(extended.dtype).min)
-                kwargs["attention_mask"] = extended
-            else:
-                kwargs["attention_mask"] = self._extend(state, mask)  # (b, N + seen + n)
+            sink = None
+            if self.sink and seen == 0:  # the first call feeds the prefix: each row's sink is its first real position
+                sink = (mask.long().cumsum(1) == 1) & mask.bool()  # (b, n)
+                positions = positions.masked_fill(sink, 0)
+            kwargs["attention_mask"] = self._extend(state, mask, sink)  # cache slots in front: (b, N + seen + n)
             kwargs["position_ids"] = positions
             return args, kwargs
 
