@@ -70,6 +70,24 @@ def test_metric_loss_keeps_the_lowest_loss_checkpoint(tmp_path):
     assert kept["loss"] == pytest.approx(best, abs=1e-6)  # and best/ holds that model
 
 
+def test_a_tied_metric_keeps_the_checkpoint_with_the_lower_loss(tmp_path):
+    """Exact match at 0 all stage long (a long copy, a few steps): best/ is the lowest-loss model,
+    not the first one evaluated."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = tiny_config(tmp_path / "run", task="copy", task_args={}, metric="exact_match", learning_rate=0.02,
+                         backbone={"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 4},
+                         rmt={"num_mem_tokens": 2, "segment_size": 48}, **{**ONE_STAGE, "steps_per_stage": 6})
+    result = train(config, progress=False)
+    events = EventAccumulator(str(next((tmp_path / "run" / "logs").rglob("events.out.tfevents*")).parent))
+    events.Reload()
+    exact = [e.value for e in events.Scalars("eval/exact_match")]
+    losses = {e.step: e.value for e in events.Scalars("eval/loss")}
+    assert exact == [0.0] * 6 and len(set(losses.values())) > 1  # a tie, and checkpoints to choose between
+    stage = result.stages[0]
+    assert stage["best_metric"] == 0.0 and losses[stage["best_step"]] == min(losses.values())
+
+
 def test_an_unknown_metric_fails_before_the_run_folder_exists(tmp_path):
     with pytest.raises(ValueError, match=r"metric 'exact_match' is not one of task 'detect-and-memorize'.*: accuracy, loss"):
         train(tiny_config(tmp_path / "run", metric="exact_match"), progress=False)

@@ -29,7 +29,7 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 import transformers
@@ -320,8 +320,13 @@ def _train_stage(accelerator: Accelerator, config: TrainConfig, model: Recurrent
         warnings.simplefilter("ignore", UserWarning)
         for _ in range(info["step"]):  # the linear schedule is a function of the step alone
             scheduler.step()
-    better: Callable[[float, Optional[float]], bool] = lambda new, old: old is None or (
-        new > old if config.greater_is_better else new < old)
+    def better(value: float, loss: float) -> bool:
+        """A better metric, or the same metric at a lower evaluation loss (a task whose exact match
+        stays at 0 for a whole stage still keeps the model that is closest to right)."""
+        old = info["best"]
+        if old is None or value != old:
+            return old is None or (value > old if config.greater_is_better else value < old)
+        return loss < info.get("best_loss", -math.inf)
     clip = config.max_grad_norm if config.max_grad_norm is not None else math.inf  # inf: measured, never clipped
     trained = [p for p in model.parameters() if p.requires_grad]  # what a step can blow up
     eval_task = tasks(stage.segments)
@@ -360,8 +365,8 @@ def _train_stage(accelerator: Accelerator, config: TrainConfig, model: Recurrent
             value = metrics[config.metric]
             _check_finite(f"the evaluation {config.metric}", value, index + 1, step)
             bar.set_postfix({config.metric: f"{value:.3f}", "loss": f"{loss_value:.3f}"})
-            if better(value, info["best"]):
-                info["best"], info["best_step"] = value, step
+            if better(value, metrics["loss"]):
+                info["best"], info["best_loss"], info["best_step"] = value, metrics["loss"], step
                 if accelerator.is_main_process:
                     _save_best(accelerator.unwrap_model(model), best_dir)
             if stage.threshold is not None and (value >= stage.threshold if config.greater_is_better else value <= stage.threshold):
