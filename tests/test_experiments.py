@@ -47,6 +47,29 @@ def test_runs_train_evaluate_and_resume_without_training_again(tmp_path, capsys)
     assert json.loads((out / "results.json").read_text())["runs"]["rmt"]["eval"] == results["runs"]["rmt"]["eval"]
 
 
+def test_every_metric_of_the_task_is_kept_and_shown_beside_the_runs_own(tmp_path, capsys):
+    from rmt.evaluation.by_length import evaluate
+    from rmt.training.trainer import load_trained, make_tasks
+
+    base = {**TINY_BASE, "task": "copy", "task_args": {}, "tokenizer": None, "metric": "exact_match",
+            "backbone": {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 4}}
+    path = tmp_path / "copy.yaml"
+    path.write_text(yaml.safe_dump({"title": "copy", "base": base, "runs": {"rmt": {}},
+                                    "eval": {"segments": [1, 2], "examples": 4}}))
+    out = tmp_path / "out"
+    assert main(["reproduce", str(path), "--out", str(out)]) == 0
+    entry = json.loads((out / "results.json").read_text())["runs"]["rmt"]
+    measured = entry["eval"]["final"]
+    experiment = Experiment.load(str(path), out)
+    config = experiment.runs["rmt"]
+    model = load_trained(config, entry["stages"][-1]["best_dir"])
+    for i, n in enumerate([1, 2]):
+        direct = evaluate(model, make_tasks(config)(n), 4, config.eval_batch_size)
+        assert {k: measured[k][i] for k in direct} == direct  # exact match, token accuracy and the loss
+    printed = capsys.readouterr().out
+    assert "rmt: exact_match by segments" in printed and "rmt: token_accuracy by segments" in printed
+
+
 def test_stages_mode_evaluates_every_checkpoint_to_a_multiple_of_its_length(tmp_path):
     path = write(tmp_path, runs={"rmt": {}}, eval={"stages": True, "up_to": 2, "examples": 4})
     out = tmp_path / "out"

@@ -43,7 +43,7 @@ from .training.config import TrainConfig, with_values
 from .training.cli import _positive, _segments
 from .training.run_dir import write_json_atomic
 
-EXPERIMENT_KEYS = {"title", "paper", "base", "set", "runs", "eval", "plot"}
+EXPERIMENT_KEYS = {"title", "paper", "base", "set", "runs", "eval"}
 EVAL_KEYS = {"segments", "examples", "batch_size", "stages", "up_to", "by_position"}
 
 
@@ -177,11 +177,12 @@ def _spec(config: TrainConfig, best_dir: str, experiment: Experiment, **what: An
 
 def _evaluated(cache: Path, config: TrainConfig, tasks: Callable[[], Any], best_dir: str, segments: list[int],
                experiment: Experiment) -> dict:
-    """The metric of the model in `best_dir` at each segment count; read back when already measured."""
-    from .evaluation.by_length import metric_by_length
+    """Every metric of the task (the run's own first) for the model in `best_dir` at each segment
+    count, e.g. exact match beside token accuracy; read back when already measured."""
+    from .evaluation.by_length import evaluate
     from .training.trainer import load_trained
 
-    spec = _spec(config, best_dir, experiment, metric=config.metric)
+    spec = _spec(config, best_dir, experiment, metrics="all")
     done = json.loads(cache.read_text()) if cache.is_file() else {}
     if done.get("spec") != spec:
         done = {"spec": spec, "values": {}}
@@ -191,12 +192,12 @@ def _evaluated(cache: Path, config: TrainConfig, tasks: Callable[[], Any], best_
         model = load_trained(config, best_dir)
         for n in missing:  # one length at a time, kept at once: a killed experiment loses one length at most
             t0 = time.time()
-            value = metric_by_length({"m": model}, tasks(), [n], experiment.examples,
-                                     experiment.batch_size or config.eval_batch_size, config.metric, progress=False)["m"][0]
-            done["values"][str(n)] = {"value": value, "seconds": round(time.time() - t0, 1)}
+            metrics = evaluate(model, tasks()(n), experiment.examples, experiment.batch_size or config.eval_batch_size)
+            done["values"][str(n)] = {"metrics": metrics, "seconds": round(time.time() - t0, 1)}
             write_json_atomic(cache, done)
-            print(f"  {cache.stem} at {n} segments: {config.metric} {value:.3f} ({time.time() - t0:.0f} s)")
-    return {"segments": segments, config.metric: [done["values"][str(n)]["value"] for n in segments],
+            print(f"  {cache.stem} at {n} segments: {config.metric} {metrics[config.metric]:.3f} ({time.time() - t0:.0f} s)")
+    names = [config.metric, *sorted(set(done["values"][str(segments[0])]["metrics"]) - {config.metric})]
+    return {"segments": segments, **{k: [done["values"][str(n)]["metrics"][k] for n in segments] for k in names},
             "eval_seconds": round(sum(done["values"][str(n)]["seconds"] for n in segments), 1)}
 
 
@@ -293,8 +294,9 @@ def table(results: dict[str, Any]) -> str:
     lines = [results["title"]]
     for name, entry in results["runs"].items():
         for label, e in entry["eval"].items():
-            cells = "  ".join(f"{n}:{v:.3f}" for n, v in zip(e["segments"], e[entry["metric"]]))
-            lines.append(f"{name}{'' if label == 'final' else f' (trained on {label})'}: {entry['metric']} by segments  {cells}")
+            for metric in _shown(entry["metric"], e):
+                cells = "  ".join(f"{n}:{v:.3f}" for n, v in zip(e["segments"], e[metric]))
+                lines.append(f"{name}{'' if label == 'final' else f' (trained on {label})'}: {metric} by segments  {cells}")
         if "by_position" in entry:
             losses = [v for v in entry["by_position"]["loss"] if v is not None]
             quarter = max(len(losses) // 4, 1)
@@ -302,6 +304,13 @@ def table(results: dict[str, Any]) -> str:
                          f"{sum(losses[:quarter]) / quarter:.3f}, last quarter {sum(losses[-quarter:]) / quarter:.3f}")
     lines.append(f"{results['seconds'] / 60:.1f} min in this call")
     return "\n".join(lines)
+
+
+def _shown(metric: str, evaluated: dict) -> list[str]:
+    """The run's metric, then the task's other scores (token accuracy beside exact match), not the
+    loss and what derives from it (kept in results.json)."""
+    derived = {"loss", "perplexity", "bits_per_token"}
+    return [metric, *(k for k in evaluated if k not in ("segments", "eval_seconds", metric, *derived))]
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
