@@ -324,9 +324,11 @@ def _train_stage(accelerator: Accelerator, config: TrainConfig, model: Recurrent
         """A better metric, or the same metric at a lower evaluation loss (a task whose exact match
         stays at 0 for a whole stage still keeps the model that is closest to right)."""
         old = info["best"]
-        if old is None or value != old:
-            return old is None or (value > old if config.greater_is_better else value < old)
-        return loss < info.get("best_loss", -math.inf)
+        if old is None:
+            return True
+        if value != old:
+            return value > old if config.greater_is_better else value < old
+        return loss < info.get("best_loss", -math.inf)  # a checkpoint from before the rule: keep it
     clip = config.max_grad_norm if config.max_grad_norm is not None else math.inf  # inf: measured, never clipped
     trained = [p for p in model.parameters() if p.requires_grad]  # what a step can blow up
     eval_task = tasks(stage.segments)
