@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from rmt.cli import main
-from rmt.experiments import Experiment
+from rmt.experiments import Experiment, experiment_path, suite_parts
 from rmt.training.trainer import _check_tasks, build_model
 
 TINY_BASE = dict(
@@ -92,13 +92,16 @@ def test_a_changed_evaluation_is_measured_again(tmp_path):
 def _bundled_experiments() -> list:
     """Every bundled experiment; those on a packaged pretrained backbone carry the `pretrained` marker."""
     paths = sorted(Path(str(resources.files("rmt") / "configs" / "experiments")).glob("*.yaml"))
-    pretrained = lambda p: isinstance((yaml.safe_load(p.read_text()).get("base") or {}), dict) and \
-        isinstance(yaml.safe_load(p.read_text())["base"].get("backbone"), str)
+    base = lambda p: yaml.safe_load(p.read_text()).get("base")
+    pretrained = lambda p: isinstance(base(p), dict) and isinstance(base(p).get("backbone"), str)
     return [pytest.param(p, id=p.stem, marks=[pytest.mark.pretrained] if pretrained(p) else []) for p in paths]
 
 
 @pytest.mark.parametrize("path", _bundled_experiments())
 def test_every_bundled_experiment_is_a_valid_config(path, tmp_path):
+    if suite_parts(path) is not None:  # a suite: its parts are bundled experiments, each checked on its own
+        assert all(experiment_path(part).parent == path.parent for part in suite_parts(path))
+        return
     experiment = Experiment.load(str(path), tmp_path)
     assert experiment.runs and experiment.title
     assert experiment.stages or experiment.segments
@@ -172,3 +175,55 @@ def test_language_models_get_the_loss_by_position_in_the_last_segment_once(tmp_p
     kept = (out / "evals" / "rmt-positions.json").stat().st_mtime_ns
     assert main(["reproduce", str(path), "--out", str(out)]) == 0
     assert (out / "evals" / "rmt-positions.json").stat().st_mtime_ns == kept  # measured once
+
+
+def test_a_suite_runs_its_parts_beside_it_and_draws_them_in_one_table_and_figure(tmp_path, capsys):
+    one = write(tmp_path, runs={"rmt": {}, "no-memory": {"rmt.num_mem_tokens": 0}}, eval={"segments": [1, 2], "examples": 4})
+    two = one.with_name("two.yaml")
+    two.write_text(one.read_text())
+    one = one.rename(tmp_path / "one.yaml")
+    suite = tmp_path / "both.yaml"
+    suite.write_text(yaml.safe_dump({"title": "both", "parts": [str(one), str(two)]}))
+    out = tmp_path / "out"
+    assert main(["reproduce", str(one), "--out", str(out / "one")]) == 0  # a part reproduced alone first
+    trained = (out / "one" / "rmt" / "state.json").read_text()
+    kept = {p.name: p.stat().st_mtime_ns for p in (out / "one" / "evals").iterdir()}
+    capsys.readouterr()
+    assert main(["reproduce", str(suite), "--out", str(out / "both")]) == 0
+    assert (out / "one" / "rmt" / "state.json").read_text() == trained  # reused, not trained again
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "one" / "evals").iterdir()} == kept
+    results = json.loads((out / "both" / "results.json").read_text())
+    assert list(results["parts"]) == ["one", "two"]
+    assert results["parts"]["one"] == json.loads((out / "one" / "results.json").read_text()) | {
+        "seconds": results["parts"]["one"]["seconds"]}
+    assert (out / "two" / "results.json").is_file() and (out / "both" / "both.png").stat().st_size > 0
+    printed = capsys.readouterr().out
+    for part in ("one", "two"):
+        accuracy = results["parts"][part]["runs"]["no-memory"]["eval"]["final"]["accuracy"]
+        row = f"{'no-memory':<20}" + "".join(f"{v:>6.2f}" for v in accuracy)
+        assert row in printed.splitlines()  # each run a row, each length a column
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"parts": []}, "`parts` must list"),
+    ({"parts": ["neurips-copy"], "runs": {"rmt": {}}}, "unknown keys"),
+    ({"parts": ["neurips-copy", "neurips-copy"]}, "the same name"),
+    ({"parts": ["no-such-experiment"]}, "no-such-experiment"),
+])
+def test_bad_suites_exit_2_with_one_line(tmp_path, capsys, spec, message):
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump({"title": "s", **spec}))
+    assert main(["reproduce", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_a_suite_is_not_a_part_and_not_an_experiment(tmp_path, capsys):
+    inner = tmp_path / "inner.yaml"
+    inner.write_text(yaml.safe_dump({"title": "inner", "parts": ["neurips-copy"]}))
+    outer = tmp_path / "outer.yaml"
+    outer.write_text(yaml.safe_dump({"title": "outer", "parts": [str(inner)]}))
+    assert main(["reproduce", str(outer), "--out", str(tmp_path / "out")]) == 2
+    assert "itself a suite" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="is a suite"):
+        Experiment.load(str(inner), tmp_path / "out")

@@ -18,6 +18,15 @@ from it (each a few dotted overrides), and how to evaluate them::
 
 A run may start from another run of the experiment, trained before it: ``init_from: "@other"``.
 
+A suite names experiments instead of runs, to show them in one table and one figure (a panel per
+experiment, a row per score)::
+
+    title: "NeurIPS 2022 Fig. 3-4: copy, reverse, associative retrieval"
+    parts: [neurips-copy, neurips-reverse, neurips-retrieval]
+
+Its parts are trained and kept beside it (``OUT/../PART``), exactly as when each is reproduced alone,
+so neither way trains or measures anything twice.
+
 Every run trains with `rmt.training.train` into ``OUT/RUN`` (so a killed experiment resumes where
 it stopped), each evaluation is kept in ``OUT/evals/`` as soon as it is measured, and the command
 ends with ``OUT/results.json``, ``OUT/NAME.png`` and a table.
@@ -44,6 +53,7 @@ from .training.cli import _positive, _segments
 from .training.run_dir import write_json_atomic
 
 EXPERIMENT_KEYS = {"title", "paper", "base", "set", "runs", "eval"}
+SUITE_KEYS = {"title", "paper", "parts"}
 EVAL_KEYS = {"segments", "examples", "batch_size", "stages", "up_to", "by_position"}
 
 
@@ -63,10 +73,11 @@ class Experiment:
     @classmethod
     def load(cls, name_or_path: str, out: Path) -> "Experiment":
         """A bundled experiment by name, or a YAML file; its runs are placed under `out`."""
-        path = Path(name_or_path)
-        if not path.is_file():
-            path = _bundled("experiments", name_or_path)
+        path = experiment_path(name_or_path)
         data = _read_yaml(path)
+        if "parts" in data:
+            raise ValueError(f"{path} is a suite (it has `parts`), not an experiment: reproduce it by name, or "
+                             "name one of its parts")
         unknown = set(data) - EXPERIMENT_KEYS
         if unknown:
             raise ValueError(f"{path}: unknown keys {sorted(unknown)}; an experiment has {sorted(EXPERIMENT_KEYS)}")
@@ -101,6 +112,31 @@ class Experiment:
                    batch_size=spec.get("batch_size"), stages=bool(spec.get("stages", False)),
                    up_to=int(spec.get("up_to", 4)),
                    by_position=int(spec["by_position"]) if spec.get("by_position") is not None else None)
+
+
+def experiment_path(name_or_path: str) -> Path:
+    """An experiment or suite YAML file, or the bundled one of that name."""
+    path = Path(name_or_path)
+    return path if path.is_file() else _bundled("experiments", name_or_path)
+
+
+def suite_parts(path: Path) -> Optional[list[str]]:
+    """The experiments a suite file names, checked; None when the file is an experiment."""
+    data = _read_yaml(path)
+    if "parts" not in data:
+        return None
+    unknown = set(data) - SUITE_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; a suite has {sorted(SUITE_KEYS)}")
+    parts = data["parts"]
+    if not isinstance(parts, list) or not parts or not all(isinstance(p, str) for p in parts):
+        raise ValueError(f"{path}: `parts` must list experiments by name or file, e.g. [neurips-copy, neurips-reverse]")
+    for part in parts:
+        if suite_parts(experiment_path(part)) is not None:
+            raise ValueError(f"{path}: part {part!r} is itself a suite; list its experiments instead")
+    if len({Path(p).stem for p in parts}) < len(parts):
+        raise ValueError(f"{path}: two parts have the same name; their runs would share a folder")
+    return parts
 
 
 def _bundled(folder: str, name: str) -> Path:
@@ -326,21 +362,82 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
-    """Train and evaluate the runs of an experiment; write results.json, NAME.png and print a table."""
+    """Train and evaluate the runs of an experiment (or of every experiment of a suite); write
+    results.json, NAME.png and print a table."""
     if args.list or not args.experiment:
         for path in sorted(Path(str(resources.files("rmt") / "configs" / "experiments")).glob("*.yaml")):
             print(f"{path.stem:<24} {_read_yaml(path).get('title', '')}")
         return 0 if args.list else 2
-    name = Path(args.experiment).stem
+    path = experiment_path(args.experiment)
+    name = path.stem
     out = Path(args.out or Path("runs") / "reproduce" / name)
-    experiment = Experiment.load(args.experiment, out)
-    if args.segments:
-        if experiment.stages:
-            raise ValueError(f"--segments: experiment {name} evaluates every stage to {experiment.up_to}x its length; "
-                             "it takes no segment counts")
-        experiment.segments = args.segments
-    experiment.examples = args.examples or experiment.examples
-    results = run(experiment, out)
-    print(table(results))
+    parts = suite_parts(path)
+    experiments = [Experiment.load(part, out.parent / Path(part).stem) for part in parts] if parts else \
+        [Experiment.load(str(path), out)]
+    for experiment in experiments:  # every part is checked before any trains
+        if args.segments:
+            if experiment.stages:
+                raise ValueError(f"--segments: experiment {experiment.name} evaluates every stage to "
+                                 f"{experiment.up_to}x its length; it takes no segment counts")
+            experiment.segments = args.segments
+        experiment.examples = args.examples or experiment.examples
+    if not parts:
+        results = run(experiments[0], out)
+        print(table(results))
+        print(f"wrote {out / 'results.json'} and {out / (name + '.png')}")
+        return 0
+    data = _read_yaml(path)
+    suite = {"suite": name, "title": str(data.get("title", name)), "paper": str(data.get("paper", "")), "parts": {}}
+    for experiment in experiments:
+        suite["parts"][experiment.name] = run(experiment, out.parent / experiment.name)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "results.json", suite)
+    draw_suite(suite, out / f"{name}.png")
+    print(suite_table(suite))
     print(f"wrote {out / 'results.json'} and {out / (name + '.png')}")
     return 0
+
+
+def suite_table(suite: dict[str, Any]) -> str:
+    """One block per part: a row per run, a column per length, every shown score in each cell."""
+    lines = [suite["title"]]
+    for part, results in suite["parts"].items():
+        runs = results["runs"]
+        first = next(iter(runs.values()))
+        metrics = _shown(first["metric"], first["eval"]["final"])
+        segments = first["eval"]["final"]["segments"]
+        width = 5 * len(metrics) - 1  # "0.91/0.99"
+        lines.append("")
+        lines.append(f"{part} ({' / '.join(metrics)}), by segments")
+        lines.append(f"{'':<20}" + "".join(f"{n:>{width + 2}}" for n in segments))
+        for run_name, entry in runs.items():
+            e = entry["eval"]["final"]
+            cells = ["/".join(f"{e[m][i]:.2f}" for m in metrics) for i in range(len(e["segments"]))]
+            lines.append(f"{run_name:<20}" + "".join(f"{c:>{width + 2}}" for c in cells))
+    return "\n".join(lines)
+
+
+def draw_suite(suite: dict[str, Any], path: Path) -> None:
+    """A panel per part (columns) and per shown score (rows): each run's score by segments."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = suite["parts"]
+    rows = max(len(_shown(r["metric"], r["eval"]["final"])) for e in parts.values() for r in e["runs"].values())
+    fig, axes = plt.subplots(rows, len(parts), figsize=(4.2 * len(parts), 3.2 * rows), squeeze=False)
+    for col, (part, results) in enumerate(parts.items()):
+        for name, entry in results["runs"].items():
+            e = entry["eval"]["final"]
+            for row, metric in enumerate(_shown(entry["metric"], e)):
+                axes[row][col].plot(e["segments"], e[metric], marker="o", markersize=3, label=name)
+                axes[row][col].set_ylabel(metric)
+        for row in range(rows):
+            ax = axes[row][col]
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_xlabel("input length, segments")
+            ax.grid(alpha=0.3)
+        axes[0][col].set_title(part, fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    _save(fig, suite["title"], path)
