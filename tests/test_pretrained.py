@@ -202,7 +202,7 @@ def test_smollm2_ragged_prompts_generate_together_as_each_alone():
 
 COLORS = ["red", "blue", "green", "yellow"]
 RECALL_SEGMENTS = 2  # the fact is one memory transition before the question
-RECALL_MAX_STEPS = 120  # 56 steps here (loss 0.073); without the sink 80 steps end at loss 0.40
+RECALL_MAX_STEPS = 120  # 80 steps here (loss 0.086); at lr 1e-3 the answer loss sits at ln 4 and then diverges
 QUESTION = " What is the secret color? The secret color is"
 
 
@@ -218,9 +218,6 @@ def recall_prompts(tok, num_segments: int, segment_size: int) -> tuple[torch.Ten
     return prompts, answers
 
 
-@pytest.mark.xfail(strict=False, reason="2026-12-02: on a fresh venv the answer loss sits at ln 4 (the four prompts "
-                   "not told apart) for ~100 steps and diverges at step 115, with this session's code and with the "
-                   "last landed commit's alike; it took 56 steps before. Under investigation (issue 16 note)")
 def test_smollm2_learns_to_recall_a_fact_segments_back_and_answers_it_through_generate():
     """Learned recall on SmolLM2, end to end, through `generate`.
 
@@ -248,7 +245,7 @@ def test_smollm2_learns_to_recall_a_fact_segments_back_and_answers_it_through_ge
     labels = torch.full_like(ids, -100)
     labels[:, -1] = answers  # only the answer is scored
     params = [p for p in wrapped.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.0)
     wrapped.train()
     losses = []
     while len(losses) < RECALL_MAX_STEPS:
