@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from rmt.cli import main
-from rmt.experiments import Experiment, experiment_path, suite_parts
+from rmt.experiments import Experiment, experiment_path, read_suite
 from rmt.training.trainer import _check_tasks, build_model
 
 TINY_BASE = dict(
@@ -99,8 +99,9 @@ def _bundled_experiments() -> list:
 
 @pytest.mark.parametrize("path", _bundled_experiments())
 def test_every_bundled_experiment_is_a_valid_config(path, tmp_path):
-    if suite_parts(path) is not None:  # a suite: its parts are bundled experiments, each checked on its own
-        assert all(experiment_path(part).parent == path.parent for part in suite_parts(path))
+    suite = read_suite(path)
+    if suite is not None:  # a suite: its parts are bundled experiments, each checked on its own
+        assert all(experiment_path(part).parent == path.parent for part in suite["parts"])
         return
     experiment = Experiment.load(str(path), tmp_path)
     assert experiment.runs and experiment.title

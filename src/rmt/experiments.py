@@ -120,8 +120,8 @@ def experiment_path(name_or_path: str) -> Path:
     return path if path.is_file() else _bundled("experiments", name_or_path)
 
 
-def suite_parts(path: Path) -> Optional[list[str]]:
-    """The experiments a suite file names, checked; None when the file is an experiment."""
+def read_suite(path: Path) -> Optional[dict[str, Any]]:
+    """A suite file's mapping (title, paper, parts), checked; None when the file is an experiment."""
     data = _read_yaml(path)
     if "parts" not in data:
         return None
@@ -132,11 +132,11 @@ def suite_parts(path: Path) -> Optional[list[str]]:
     if not isinstance(parts, list) or not parts or not all(isinstance(p, str) for p in parts):
         raise ValueError(f"{path}: `parts` must list experiments by name or file, e.g. [neurips-copy, neurips-reverse]")
     for part in parts:
-        if suite_parts(experiment_path(part)) is not None:
+        if "parts" in _read_yaml(experiment_path(part)):
             raise ValueError(f"{path}: part {part!r} is itself a suite; list its experiments instead")
     if len({Path(p).stem for p in parts}) < len(parts):
         raise ValueError(f"{path}: two parts have the same name; their runs would share a folder")
-    return parts
+    return {"title": str(data.get("title", path.stem)), "paper": str(data.get("paper", "")), "parts": parts}
 
 
 def _bundled(folder: str, name: str) -> Path:
@@ -371,9 +371,9 @@ def run_reproduce(args: argparse.Namespace) -> int:
     path = experiment_path(args.experiment)
     name = path.stem
     out = Path(args.out or Path("runs") / "reproduce" / name)
-    parts = suite_parts(path)
-    experiments = [Experiment.load(part, out.parent / Path(part).stem) for part in parts] if parts else \
-        [Experiment.load(str(path), out)]
+    suite = read_suite(path)
+    experiments = ([Experiment.load(part, out.parent / Path(part).stem) for part in suite["parts"]] if suite
+                   else [Experiment.load(str(path), out)])
     for experiment in experiments:  # every part is checked before any trains
         if args.segments:
             if experiment.stages:
@@ -381,19 +381,15 @@ def run_reproduce(args: argparse.Namespace) -> int:
                                  f"{experiment.up_to}x its length; it takes no segment counts")
             experiment.segments = args.segments
         experiment.examples = args.examples or experiment.examples
-    if not parts:
-        results = run(experiments[0], out)
-        print(table(results))
-        print(f"wrote {out / 'results.json'} and {out / (name + '.png')}")
-        return 0
-    data = _read_yaml(path)
-    suite = {"suite": name, "title": str(data.get("title", name)), "paper": str(data.get("paper", "")), "parts": {}}
-    for experiment in experiments:
-        suite["parts"][experiment.name] = run(experiment, out.parent / experiment.name)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "results.json", suite)
-    draw_suite(suite, out / f"{name}.png")
-    print(suite_table(suite))
+    if suite:
+        results = {"suite": name, "title": suite["title"], "paper": suite["paper"],
+                   "parts": {e.name: run(e, out.parent / e.name) for e in experiments}}
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "results.json", results)
+        draw_suite(results, out / f"{name}.png")
+        print(suite_table(results))
+    else:
+        print(table(run(experiments[0], out)))
     print(f"wrote {out / 'results.json'} and {out / (name + '.png')}")
     return 0
 
@@ -432,9 +428,8 @@ def draw_suite(suite: dict[str, Any], path: Path) -> None:
             e = entry["eval"]["final"]
             for row, metric in enumerate(_shown(entry["metric"], e)):
                 axes[row][col].plot(e["segments"], e[metric], marker="o", markersize=3, label=name)
-                axes[row][col].set_ylabel(metric)
-        for row in range(rows):
-            ax = axes[row][col]
+                axes[row][col].set_ylabel(metric)  # the same for every run of a part
+        for ax in (row[col] for row in axes):
             ax.set_ylim(-0.02, 1.02)
             ax.set_xlabel("input length, segments")
             ax.grid(alpha=0.3)
