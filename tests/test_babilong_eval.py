@@ -175,3 +175,55 @@ def test_a_training_run_is_read_from_any_directory(tmp_path, monkeypatch):
     report = evaluate_babilong([reader], [1], [200], 2, babi="generated", max_new_tokens=1, batch_size=2,
                                progress=False)
     assert len(report["outputs"]["rmt"]["qa1"]["200"]) == 2
+
+
+@pytest.fixture(scope="module")
+def classifier_run(tmp_path_factory):
+    """A tiny BERT RMT trained (2 steps) to answer generated qa1 with one of the six places."""
+    from rmt.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("classifier") / "run"
+    config = TrainConfig.from_dict({
+        "task": "babilong-qa1", "task_args": {"babi": "generated", "num_facts": 2, "prompt": "none", "fill": "input",
+                                              "kind": "classification"},
+        "tokenizer": "word:2000",
+        "backbone": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "intermediate_size": 64},
+        "rmt": {"num_mem_tokens": 2, "segment_size": 24}, "curriculum": [1], "steps_per_stage": 2,
+        "batch_size": 2, "eval_examples": 2, "eval_every": 2, "save_every": 2, "out_dir": str(out)})
+    train(config, progress=False)
+    return out
+
+
+def test_a_classifier_run_answers_with_the_label_of_its_whole_input(classifier_run):
+    from rmt.evaluation.babilong import classify_rmt_batch
+
+    reader = load_reader(str(classifier_run), name="rmt")
+    model = reader.model
+    assert dict(model.backbone.config.id2label) == dict(enumerate(BabilongTask(1, babi="generated").labels))
+    task = BabilongTask(1, tokenizer=reader.tokenizer, length=100, babi="generated", prompt="none")
+    same = [i for i in range(20) if task.num_tokens(i) == task.num_tokens(0)][:3]
+    assert len(same) == 3
+    whole = torch.tensor([[t for p in task.iter_pieces(i) for t in p] for i in same])  # 100+ tokens: several segments
+    assert whole.shape[1] > 2 * model.rmt_config.segment_size
+    expected = [task.labels[c] for c in model(input_ids=whole).logits.argmax(-1).tolist()]
+    assert classify_rmt_batch(model, task, same, "test") == expected
+    report = evaluate_babilong([reader], [1], [100], 4, babi="generated", batch_size=2, progress=False)
+    rows = report["outputs"]["rmt"]["qa1"]["100"]
+    assert [r["output"] for r in rows[:1]] == classify_rmt_batch(model, task, [0], "test")
+    assert all(r["output"] in task.labels for r in rows)
+    assert report["results"]["rmt"]["accuracy"]["qa1"]["100"] == sum(r["correct"] for r in rows) / 4
+
+
+def test_a_classifier_is_not_scored_on_another_tasks_labels(classifier_run):
+    reader = load_reader(str(classifier_run), name="rmt")
+    with pytest.raises(ValueError, match="not answers of qa5"):
+        evaluate_babilong([reader], [5], ["0k"], 1, babi="generated", progress=False)
+
+
+def test_lm_eval_refuses_a_classifier(classifier_run):
+    pytest.importorskip("lm_eval")
+    from rmt.evaluation.lm_eval_model import RMTLM
+
+    with pytest.raises(ValueError, match="RMT classifier"):
+        RMTLM(path=str(classifier_run))

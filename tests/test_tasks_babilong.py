@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from rmt.tasks import BabilongTask, Tracker, babilong_prompt, context_length, get_task, parse_babi
+from rmt.data.word_tokenizer import word_tokenizer
 from rmt.tasks.babilong import write_dataset
 
 BABI_DIR = Path(__file__).parents[2] / "shared" / "babi" / "en"
@@ -160,3 +161,34 @@ def test_train_indices_wrap_around_the_file_with_new_layouts():
     assert task.example(n + 5, "train")["input_ids"] != task.example(5, "train")["input_ids"]  # another background
     with pytest.raises(ValueError, match=f"has {task.num_samples()} samples"):
         task.sample(task.num_samples(), "test")
+
+
+def test_classification_samples_are_the_input_and_the_answers_label():
+    tok = word_tokenizer(2000)
+    lm = BabilongTask(1, tokenizer=tok, length=120, babi="generated", prompt="none", fill="input")
+    cls = BabilongTask(1, tokenizer=tok, length=120, babi="generated", prompt="none", fill="input", kind="classification")
+    assert cls.label_names == list(cls.labels) and cls.num_labels == 6
+    for i in range(5):
+        ex = cls.example(i, "train")
+        assert len(ex["input_ids"]) == 120  # fill="input": context and question are the whole length, no answer
+        assert cls.label_names[ex["label"]] == ex["answer"] == lm.sample(i, "train").answer
+        assert tok.decode(ex["input_ids"]).endswith(lm.sample(i, "train").question.lower().replace("?", " ?"))
+    examples = [cls.example(i) for i in range(4)]
+    right = [e["label"] for e in examples]
+    assert cls.score(right, examples) == {"accuracy": 1.0, "lenient": 1.0}
+    wrong = [(label + 1) % 6 for label in right]
+    assert cls.score(wrong, examples)["accuracy"] == 0.0
+
+
+def test_classification_needs_single_label_answers():
+    with pytest.raises(ValueError, match="kind must be"):
+        BabilongTask(1, babi="generated", kind="regression")
+
+
+@needs_babi
+def test_a_list_answer_is_not_a_class():
+    task = BabilongTask(8, babi=BABI_DIR, length=0, prompt="none", kind="classification")
+    lists = [i for i in range(50) if "," in task.sample(i).answer]
+    assert lists
+    with pytest.raises(ValueError, match="not one of the task's labels"):
+        task.example(lists[0])

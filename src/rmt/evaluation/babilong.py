@@ -11,6 +11,9 @@ Three kinds of model, as the benchmark evaluates them:
   never sit in memory whole; samples of one input length stream together, ``batch_size`` at a time;
 * the same RMT's backbone without memory (``num_mem_tokens=0``): it sees only the last segment.
 
+An RMT over a sequence classifier (a BERT trained with ``kind: classification``, as the RMT scaling
+paper trained qa1-qa3) answers with the label it picks, from its config's ``id2label``.
+
 Both metrics are reported: the benchmark's strict ``compare_answers`` and lm-eval's lenient match.
 """
 
@@ -92,7 +95,8 @@ def no_memory(reader: Reader) -> Reader:
         raise ValueError(f"{reader.name} is not an RMT; a no-memory baseline is built from one")
     cfg = reader.model.rmt_config
     model = RecurrentMemoryTransformer(reader.model.backbone, RMTConfig(
-        num_mem_tokens=0, segment_size=cfg.segment_size, sink_token_id=cfg.sink_token_id)).eval()
+        num_mem_tokens=0, segment_size=cfg.segment_size, sink_token_id=cfg.sink_token_id,
+        cls_token_id=cfg.cls_token_id, sep_token_id=cfg.sep_token_id)).eval()
     return Reader(f"{reader.name}-no-memory", model, reader.tokenizer, reader.spec, is_rmt=True,
                   info={**_rmt_info(model), "kind": "no memory (the RMT's backbone, last segment only)"})
 
@@ -130,6 +134,36 @@ def answer_rmt_batch(model: RecurrentMemoryTransformer, task: BabilongTask, indi
     streams = [task.iter_chunks(i, s, split) for i in indices]
     chunks = (torch.tensor(rows) for rows in zip(*streams))  # (B, s) ... then (B, 1..s)
     return generate_streamed(model, chunks, lengths.pop(), max_new_tokens)
+
+
+def is_classifier(model: RecurrentMemoryTransformer) -> bool:
+    """Whether an RMT answers with a label (a sequence-classification backbone) rather than by generating."""
+    return not model.backbone.can_generate()
+
+
+def classifier_labels(model: RecurrentMemoryTransformer, task: BabilongTask) -> list[str]:
+    """The answer each class of an RMT classifier stands for (its config's ``id2label``), checked
+    against ``task``'s labels, so a model is never scored with another task's label order."""
+    id2label = getattr(model.backbone.config, "id2label", None) or {}
+    names = [id2label.get(i, id2label.get(str(i))) for i in range(len(id2label))]
+    if not names or any(n not in task.labels for n in names):
+        raise ValueError(f"the classifier's labels {names} are not answers of qa{task.qa} ({list(task.labels)}): "
+                         f"evaluate it on the tasks it was trained for (models trained before labels were "
+                         f"stored in their config cannot be scored)")
+    return names
+
+
+@torch.no_grad()
+def classify_rmt_batch(model: RecurrentMemoryTransformer, task: BabilongTask, indices: Sequence[int],
+                       split: str) -> list[str]:
+    """Read samples ``indices``, all of one input length, through memory together; the label each gets."""
+    names = classifier_labels(model, task)
+    lengths = {task.num_tokens(i, split) for i in indices}
+    if len(lengths) != 1:
+        raise ValueError(f"samples streamed together must have one input length, got {sorted(lengths)}")
+    streams = [task.iter_chunks(i, model.rmt_config.segment_size, split) for i in indices]
+    logits = model.stream(torch.tensor(rows) for rows in zip(*streams)).logits  # (B, num_labels)
+    return [names[c] for c in logits.argmax(-1).tolist()]
 
 
 @torch.no_grad()
@@ -277,8 +311,11 @@ def _answer_cell(reader: Reader, task: BabilongTask, count: int, split: str, max
         for group in by_length.values():
             for begin in range(0, len(group), batch_size):
                 batch = group[begin:begin + batch_size]
-                new = answer_rmt_batch(reader.model, task, batch, split, max_new_tokens)
-                found.update((i, _decode(reader.tokenizer, ids)) for i, ids in zip(batch, new))
+                if is_classifier(reader.model):
+                    found.update(zip(batch, classify_rmt_batch(reader.model, task, batch, split)))
+                else:
+                    new = answer_rmt_batch(reader.model, task, batch, split, max_new_tokens)
+                    found.update((i, _decode(reader.tokenizer, ids)) for i, ids in zip(batch, new))
                 bar.update(len(batch))
         return [found[i] for i in range(count)]
     limit = reader.max_positions

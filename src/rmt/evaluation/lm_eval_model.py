@@ -32,7 +32,7 @@ from lm_eval.api.registry import register_model
 
 from ..data.corpus import rechunk
 from ..tasks.babilong_prompts import lm_eval_task_dir
-from .babilong import DEFAULT_MAX_NEW_TOKENS, generate_streamed, load_reader
+from .babilong import DEFAULT_MAX_NEW_TOKENS, generate_streamed, is_classifier, load_reader
 from .babilong import no_memory as without_memory
 
 
@@ -54,6 +54,9 @@ class RMTLM(LM):
         if not reader.is_rmt:
             raise ValueError(f"{path} is not an RMT (no rmt_config.json or train_config.json); evaluate plain "
                              "models with lm-eval's own hf model")
+        if is_classifier(reader.model):
+            raise ValueError(f"{path} is an RMT classifier (it picks a label, it does not generate text), which lm-eval "
+                             "cannot score; evaluate it with `rmt babilong`")
         if str(no_memory).lower() in ("true", "1", "yes"):
             reader = without_memory(reader)
         self.model, self.tokenizer = reader.model, reader.tokenizer

@@ -91,6 +91,9 @@ class BabilongTask(Task):
         answer_marker: text put right after the question, before the answer (the authors' fine-tuned
             RMTs were trained with ``"GEN"`` there).
         num_facts: facts per generated story (``babi="generated"`` only).
+        kind: ``"causal-lm"`` (the answer's tokens follow the input, scored) or ``"classification"``
+            (the answer is one of the task's labels, as the RMT scaling paper trained BERT on qa1-qa3;
+            tasks whose every answer is one label only).
         fill: what ``length`` measures: ``"context"`` (the benchmark's: the question follows a context of
             ``length`` tokens) or ``"input"`` (training: each sample's context is shortened so that context,
             question and answer are ``length`` tokens together, so a curriculum stage of ``n`` segments
@@ -112,8 +115,11 @@ class BabilongTask(Task):
     def __init__(self, qa: int, tokenizer=None, seed: int = 0, length: int | str = "4k",
                  babi: str | Path | None = None, background: str | Path | BackgroundText | None = None,
                  prompt: str | BabilongPrompt = "official", prompt_source: str = "auto",
-                 answer_marker: str = "", num_facts: int | None = None, fill: str = "context") -> None:
+                 answer_marker: str = "", num_facts: int | None = None, fill: str = "context",
+                 kind: str = "causal-lm") -> None:
         super().__init__(tokenizer, seed)
+        if kind not in ("causal-lm", "classification"):
+            raise ValueError(f"kind must be 'causal-lm' or 'classification', got {kind!r}")
         if fill not in ("context", "input"):
             raise ValueError(f"fill must be 'context' (length is the context's) or 'input' (context, question and "
                              f"answer together), got {fill!r}")
@@ -137,6 +143,9 @@ class BabilongTask(Task):
         else:
             raise ValueError(f"prompt must be 'official', 'none' or a BabilongPrompt, got {prompt!r}")
         self.labels = task_labels(qa)
+        self.kind = kind
+        if kind == "classification":
+            self.label_names = list(self.labels)
         if isinstance(background, BackgroundText):
             self.background, self.tokenizer = background, background.tokenizer
         else:
@@ -210,7 +219,8 @@ class BabilongTask(Task):
         if self.fill == "context" or not self.context_tokens:
             return self.context_tokens
         head = len(self.encode(self.prompt.head())) if self.prompt else 0
-        return self.context_tokens - head - len(self._tail(q)) - len(self.encode(" " + q.answer))
+        answer = len(self.encode(" " + q.answer)) if self.kind == "causal-lm" else 0
+        return self.context_tokens - head - len(self._tail(q)) - answer
 
     def iter_context(self, index: int, split: str = "test") -> Iterator[list[int]]:
         """The context alone (facts in background text), as a lazy stream of sentences and facts."""
@@ -249,6 +259,12 @@ class BabilongTask(Task):
         """The whole sample in memory (input, then the answer, scored); use :meth:`iter_chunks` when long."""
         prompt = [t for piece in self.iter_pieces(index, split) for t in piece]
         s = self.sample(index, split)
+        if self.kind == "classification":
+            if s.answer not in self.label_names:
+                raise ValueError(f"{self.name} {split} sample {index}: its answer {s.answer!r} is not one of the task's "
+                                 f"labels {self.label_names}, so it cannot be a class; use kind='causal-lm'")
+            return {"input_ids": prompt, "label": self.label_names.index(s.answer), "answer": s.answer,
+                    "question": s.question}
         ex = causal_example(prompt, self.encode(" " + s.answer))
         ex.update(answer=s.answer, question=s.question)
         return ex
@@ -262,11 +278,15 @@ class BabilongTask(Task):
     # -- scoring ---------------------------------------------------------------------------------
     def score(self, predictions, examples) -> dict[str, float]:
         """Both BABILong metrics: ``accuracy`` (the benchmark's strict check) and ``lenient``
-        (lm-eval's substring match); predictions are generated texts or token ids (decoded first)."""
+        (lm-eval's substring match); predictions are generated texts, token ids (decoded first) or,
+        for classification, label indices (their labels' names)."""
         _check_lengths(predictions, examples)
         strict, lenient = [], []
         for pred, ex in zip(predictions, examples):
-            text = pred if isinstance(pred, str) else self.decode(list(pred))
+            if self.kind == "classification":
+                text = self.label_names[int(pred)]
+            else:
+                text = pred if isinstance(pred, str) else self.decode(list(pred))
             strict.append(compare_answers(ex["answer"], text, ex["question"], self.labels))
             lenient.append(lenient_match(ex["answer"], text))
         n = max(len(strict), 1)

@@ -157,6 +157,10 @@ def _backbone(config: TrainConfig) -> tuple[Any, RMTConfig, TaskFactory]:
         positions = extra_positions(rmt_config, is_causal)
         backbone = build_backbone(config.backbone, task.kind, vocab_size=len(tok), num_labels=task.num_labels,
                                   max_positions=rmt_config.segment_size + positions, special_ids=special)
+    names = tasks(1).label_names
+    if names:  # a classifier keeps what its classes are (evaluation reads them back)
+        backbone.config.id2label = dict(enumerate(names))
+        backbone.config.label2id = {n: i for i, n in enumerate(names)}
     return backbone, rmt_config, tasks
 
 
