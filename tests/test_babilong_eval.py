@@ -227,3 +227,14 @@ def test_lm_eval_refuses_a_classifier(classifier_run):
 
     with pytest.raises(ValueError, match="RMT classifier"):
         RMTLM(path=str(classifier_run))
+
+
+def test_a_classifier_without_memory_reads_only_the_last_segment(classifier_run):
+    from rmt.evaluation.babilong import classify_rmt_batch, no_memory
+
+    reader = no_memory(load_reader(str(classifier_run), name="rmt"))
+    task = BabilongTask(1, tokenizer=reader.tokenizer, length=100, babi="generated", prompt="none")
+    model = reader.model
+    ids = [t for p in task.iter_pieces(0) for t in p]
+    whole = model(input_ids=torch.tensor([ids])).logits.argmax(-1).tolist()
+    assert classify_rmt_batch(model, task, [0], "test") == [task.labels[c] for c in whole]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
@@ -162,7 +163,10 @@ def classify_rmt_batch(model: RecurrentMemoryTransformer, task: BabilongTask, in
     if len(lengths) != 1:
         raise ValueError(f"samples streamed together must have one input length, got {sorted(lengths)}")
     streams = [task.iter_chunks(i, model.rmt_config.segment_size, split) for i in indices]
-    logits = model.stream(torch.tensor(rows) for rows in zip(*streams)).logits  # (B, num_labels)
+    chunks = (torch.tensor(rows) for rows in zip(*streams))
+    if not model.num_mem_tokens:  # without memory, the segments before the last change nothing
+        chunks = iter(deque(chunks, maxlen=1))
+    logits = model.stream(chunks).logits  # (B, num_labels)
     return [names[c] for c in logits.argmax(-1).tolist()]
 
 
