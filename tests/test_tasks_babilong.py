@@ -192,3 +192,20 @@ def test_a_list_answer_is_not_a_class():
     assert lists
     with pytest.raises(ValueError, match="not one of the task's labels"):
         task.example(lists[0])
+
+
+def test_vary_length_ends_samples_anywhere_with_the_same_facts():
+    tok = word_tokenizer(2000)
+    exact = BabilongTask(1, tokenizer=tok, length=128, babi="generated", prompt="none", fill="input")
+    varied = BabilongTask(1, tokenizer=tok, length=128, babi="generated", prompt="none", fill="input",
+                          vary_length=True)
+    lengths = [varied.num_tokens(i, "train") for i in range(40)]
+    assert all(exact.num_tokens(i, "train") + 1 == 128 for i in range(5))  # + the answer's one token
+    assert max(lengths) < 128 and len(set(lengths)) > 10  # ends spread, never past the length
+    assert lengths == [varied.num_tokens(i, "train") for i in range(40)]  # seeded
+    for i in range(5):
+        a, b = exact.sample(i, "train"), varied.sample(i, "train")
+        assert (a.facts, a.question, a.answer) == (b.facts, b.question, b.answer)
+        assert b.noise_tokens <= a.noise_tokens
+    with pytest.raises(ValueError, match="fill='input'"):
+        BabilongTask(1, babi="generated", vary_length=True)

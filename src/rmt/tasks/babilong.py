@@ -98,6 +98,9 @@ class BabilongTask(Task):
             ``length`` tokens) or ``"input"`` (training: each sample's context is shortened so that context,
             question and answer are ``length`` tokens together, so a curriculum stage of ``n`` segments
             holds whole samples in ``n`` segments and its first stage needs no memory).
+        vary_length: with ``fill="input"``, each sample's background is cut to a seeded random share of
+            its room, so samples end anywhere up to ``length`` (the last segment partial, as benchmark
+            inputs are) instead of filling it exactly.
 
     Splits: ``"train"`` reads the bAbI train file, ``"validation"`` and ``"test"`` the test file. Train
     indices wrap around the file: train sample ``i`` asks question ``i mod N`` in its own background
@@ -116,8 +119,11 @@ class BabilongTask(Task):
                  babi: str | Path | None = None, background: str | Path | BackgroundText | None = None,
                  prompt: str | BabilongPrompt = "official", prompt_source: str = "auto",
                  answer_marker: str = "", num_facts: int | None = None, fill: str = "context",
-                 kind: str = "causal-lm") -> None:
+                 kind: str = "causal-lm", vary_length: bool = False) -> None:
         super().__init__(tokenizer, seed)
+        if vary_length and fill != "input":
+            raise ValueError("vary_length shortens samples below length: use it with fill='input'")
+        self.vary_length = bool(vary_length)
         if kind not in ("causal-lm", "classification"):
             raise ValueError(f"kind must be 'causal-lm' or 'classification', got {kind!r}")
         if fill not in ("context", "input"):
@@ -203,6 +209,8 @@ class BabilongTask(Task):
             raise ValueError(f"{self.name} sample {index}: its {len(facts)} facts take {fixed} tokens, more than the "
                              f"context of {room}; use a longer length or 0k (facts only)")
         noise = room - fixed if self.context_tokens else 0
+        if self.vary_length:  # its own generator: the layout below is drawn as without it
+            noise = random.Random(f"{self.name}|{self.seed}|{split}|{index}|length").randint(0, noise)
         rng = random.Random(f"{self.name}|{self.seed}|{split}|{index}|layout")
         positions = sorted(rng.randint(0, noise) for _ in fact_ids)
         head = self.encode(self.prompt.head()) if self.prompt else []
