@@ -128,13 +128,18 @@ def answer_rmt(model: RecurrentMemoryTransformer, task: BabilongTask, index: int
 def answer_rmt_batch(model: RecurrentMemoryTransformer, task: BabilongTask, indices: Sequence[int], split: str,
                      max_new_tokens: int) -> list[list[int]]:
     """Read samples ``indices``, all of one input length, through memory together; their answers' new ids."""
+    chunks, num_tokens = _batch_chunks(task, indices, split, model.rmt_config.segment_size)
+    return generate_streamed(model, chunks, num_tokens, max_new_tokens)
+
+
+def _batch_chunks(task: BabilongTask, indices: Sequence[int], split: str, segment_size: int) -> tuple[Iterator, int]:
+    """Samples ``indices`` as one stream of (B, segment_size) ... then (B, 1..segment_size) tensors, and
+    their input length (they must share one)."""
     lengths = {task.num_tokens(i, split) for i in indices}
     if len(lengths) != 1:
         raise ValueError(f"samples streamed together must have one input length, got {sorted(lengths)}")
-    s = model.rmt_config.segment_size
-    streams = [task.iter_chunks(i, s, split) for i in indices]
-    chunks = (torch.tensor(rows) for rows in zip(*streams))  # (B, s) ... then (B, 1..s)
-    return generate_streamed(model, chunks, lengths.pop(), max_new_tokens)
+    streams = [task.iter_chunks(i, segment_size, split) for i in indices]
+    return (torch.tensor(rows) for rows in zip(*streams)), lengths.pop()
 
 
 def is_classifier(model: RecurrentMemoryTransformer) -> bool:
@@ -159,11 +164,7 @@ def classify_rmt_batch(model: RecurrentMemoryTransformer, task: BabilongTask, in
                        split: str) -> list[str]:
     """Read samples ``indices``, all of one input length, through memory together; the label each gets."""
     names = classifier_labels(model, task)
-    lengths = {task.num_tokens(i, split) for i in indices}
-    if len(lengths) != 1:
-        raise ValueError(f"samples streamed together must have one input length, got {sorted(lengths)}")
-    streams = [task.iter_chunks(i, model.rmt_config.segment_size, split) for i in indices]
-    chunks = (torch.tensor(rows) for rows in zip(*streams))
+    chunks, _ = _batch_chunks(task, indices, split, model.rmt_config.segment_size)
     if not model.num_mem_tokens:  # without memory, the segments before the last change nothing
         chunks = iter(deque(chunks, maxlen=1))
     logits = model.stream(chunks).logits  # (B, num_labels)
@@ -312,10 +313,11 @@ def _answer_cell(reader: Reader, task: BabilongTask, count: int, split: str, max
         for i in range(count):
             by_length.setdefault(task.num_tokens(i, split), []).append(i)
         found: dict[int, str] = {}
+        classifier = is_classifier(reader.model)
         for group in by_length.values():
             for begin in range(0, len(group), batch_size):
                 batch = group[begin:begin + batch_size]
-                if is_classifier(reader.model):
+                if classifier:
                     found.update(zip(batch, classify_rmt_batch(reader.model, task, batch, split)))
                 else:
                     new = answer_rmt_batch(reader.model, task, batch, split, max_new_tokens)
