@@ -81,3 +81,18 @@ def test_collate_right_pads_and_masks():
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     batch = collate_classification([{"input_ids": [1, 2], "label": 3}, {"input_ids": [4], "label": 0}], 0)
     assert batch["labels"].tolist() == [3, 0] and batch["labels"].dtype == torch.long
+
+
+def test_background_sentences_longer_than_the_models_context_encode_without_a_warning(caplog):
+    """Background text is cut into segments, so a long sentence is not an error: transformers'
+    'Token indices sequence length is longer than the specified maximum' would only be noise."""
+    from rmt.data.word_tokenizer import word_tokenizer
+
+    tok = word_tokenizer.__wrapped__(500)  # a fresh one: transformers warns once per tokenizer
+    tok.model_max_length = 4
+    text = background_text(None, tok)
+    long = next(i for i in range(len(text)) if len(text.sentence(i).split()) > 8)
+    with caplog.at_level("WARNING"):
+        ids = text.encode(text.sentence(long))
+    assert not [r for r in caplog.records if "sequence length" in r.getMessage()]
+    assert len(ids) > 4 and ids == tok.encode(text.sentence(long), add_special_tokens=False)

@@ -16,6 +16,8 @@ from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 
+from transformers import PreTrainedTokenizerBase
+
 from .tokenizer import ByteTokenizer
 
 # A sentence ends at . ! or ? (plus closing quotes or brackets) followed by whitespace.
@@ -80,6 +82,8 @@ class BackgroundText:
     def encode(self, text: str) -> list[int]:
         if self._byte_level:
             return list(text.encode("utf-8"))
+        if isinstance(self.tokenizer, PreTrainedTokenizerBase):  # a sentence longer than the model's context
+            return list(self.tokenizer.encode(text, add_special_tokens=False, verbose=False))  # is cut into segments: no warning
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def with_tokenizer(self, tokenizer) -> "BackgroundText":
