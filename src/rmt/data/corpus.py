@@ -82,9 +82,9 @@ class BackgroundText:
     def encode(self, text: str) -> list[int]:
         if self._byte_level:
             return list(text.encode("utf-8"))
-        if isinstance(self.tokenizer, PreTrainedTokenizerBase):  # a sentence longer than the model's context
-            return list(self.tokenizer.encode(text, add_special_tokens=False, verbose=False))  # is cut into segments: no warning
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
+        # a sentence longer than the model's context is cut into segments: no transformers warning
+        quiet = {"verbose": False} if isinstance(self.tokenizer, PreTrainedTokenizerBase) else {}
+        return list(self.tokenizer.encode(text, add_special_tokens=False, **quiet))
 
     def with_tokenizer(self, tokenizer) -> "BackgroundText":
         """The same text (shared, not copied) read with another tokenizer (``None``: bytes)."""
