@@ -154,3 +154,81 @@ def test_no_hooks_stay_on_the_backbone():
     with pytest.raises(ValueError):
         model(random_ids(1, 5), memory=model.init_memory(2))  # an error midway
     assert count() == before
+
+
+def test_a_write_at_or_below_the_threshold_is_as_if_its_token_were_absent():
+    """write_threshold: a memory token whose gate is at or below it changes neither A nor z."""
+    torch.manual_seed(2)
+    d, d_mem, M = 16, 8, 6
+    block = AssociativeBlock(d, d_mem, 1, threshold=0.5)
+    torch.nn.init.normal_(block.W_v.weight, std=0.5)
+    torch.nn.init.normal_(block.W_beta.weight, std=1.0)
+    A0, z0 = torch.zeros(2, 1, 6 * d_mem, d), torch.zeros(2, 1, 6 * d_mem)
+    m1, m2 = torch.randn(2, M, d), torch.randn(2, M, d)
+    A1, z1 = block.write(m1, A0, z0)
+    A2, z2 = block.write(m2, A1, z1)
+    for b in range(2):
+        kept1 = torch.sigmoid(block.W_beta(m1[b]))[:, 0] > 0.5
+        kept2 = torch.sigmoid(block.W_beta(m2[b]))[:, 0] > 0.5
+        assert 0 < int(kept1.sum()) < M and 0 < int(kept2.sum()) < M  # some writes happen, some do not
+        pA1, pz1 = write_plain(block, m1[b, kept1], A0[b], z0[b], first=True)
+        pA2, pz2 = write_plain(block, m2[b, kept2], pA1, pz1, first=False)
+        torch.testing.assert_close(A2[b], pA2, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(z2[b], pz2, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "bert"])
+def test_a_closed_gate_leaves_the_state_exactly_unchanged_however_long_the_input(kind):
+    writer = wrap(kind, "armt")
+    state = writer(random_ids(2, 24, seed=1)).memory  # a state that holds something
+    assert state.matrix.abs().sum() > 0
+    keeper = wrap(kind, "armt", write_threshold=0.5)
+    with torch.no_grad():
+        for block in keeper.mechanism.assoc:
+            block.W_beta.bias.fill_(-3.0)  # every gate ~0.05: below the threshold, so nothing is written
+            block.W_beta.weight.zero_()
+    after = keeper(random_ids(2, 200, seed=2), memory=state).memory
+    assert torch.equal(after.matrix, state.matrix) and torch.equal(after.normalizer, state.normalizer)
+    for block in keeper.mechanism.assoc:
+        block.threshold = 0.0  # without the threshold the same small gates do write
+    assert not torch.equal(keeper(random_ids(2, 200, seed=2), memory=state).memory.matrix, state.matrix)
+
+
+def test_the_write_penalty_costs_every_gate_its_value_in_the_gradient_only():
+    torch.manual_seed(3)
+    d, M, b, cost = 16, 4, 3, 0.2
+    m = torch.randn(b, M, d)
+    A0, z0 = torch.randn(b, 1, 48, d).abs() * 0.1, torch.rand(b, 1, 48)
+    grads = []
+    for penalty in (0.0, cost):
+        torch.manual_seed(4)
+        block = AssociativeBlock(d, 8, 1, penalty=penalty)
+        torch.nn.init.normal_(block.W_v.weight, std=0.5)
+        A, z = block.write(m, A0, z0)
+        (A.sum() + z.sum()).backward()
+        grads.append(block.W_beta.bias.grad.clone())
+    beta = torch.sigmoid(block.W_beta(m)).detach()
+    expected = cost / b * (beta * (1 - beta)).sum()  # d(cost * mean_b sum_i beta_i) / d bias
+    torch.testing.assert_close(grads[1] - grads[0], expected.reshape(1), atol=1e-5, rtol=1e-4)
+    model = wrap("gpt2", "armt", write_penalty=1.0)
+    ids = random_ids(2, 20)
+    loss = model(ids, labels=ids).loss
+    plain = wrap("gpt2", "armt")
+    assert torch.equal(loss, plain(ids, labels=ids).loss)  # out.loss does not include the cost
+
+
+@pytest.mark.parametrize("bad", [{"write_threshold": 1.0}, {"write_threshold": -0.1}, {"write_penalty": -1},
+                                 {"write_threshold": "0.5"}, {"write_penalty": True}])
+def test_bad_write_options_are_refused(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        rmt.RMTConfig(memory="armt", **bad)
+
+
+def test_write_options_belong_to_armt_and_survive_a_round_trip(tmp_path):
+    with pytest.raises(ValueError, match="options of memory='armt'"):
+        rmt.RMTConfig(write_threshold=0.5)
+    model = wrap("gpt2", "armt", write_threshold=0.25, write_penalty=0.1)
+    model.save_pretrained(tmp_path)
+    loaded = rmt.RecurrentMemoryTransformer.from_pretrained(tmp_path)
+    assert (loaded.rmt_config.write_threshold, loaded.rmt_config.write_penalty) == (0.25, 0.1)
+    assert [b.threshold for b in loaded.mechanism.assoc] == [0.25] * len(loaded.mechanism.assoc)

@@ -66,6 +66,16 @@ class RMTConfig(DictConfig):
         memory_layers: ``"armt"`` only: the layers (indices) that get an associative memory
             (None: every layer). ``"mt"`` is the Memory Transformer baseline: memory tokens
             before every segment, the same learned ones each time, nothing carried.
+        write_threshold: ``"armt"`` only: a write whose gate ``beta`` is at or below this value does
+            not happen (neither the matrix nor the normaliser changes). 0 (the default) is ARMT as
+            published. With a threshold, a memory that learned to close its gate on what it need
+            not keep leaves its state exactly unchanged there, however long the input.
+        write_penalty: ``"armt"`` only, training: every write gate ``beta`` costs ``write_penalty``
+            times its value (mean over the batch) in the gradient of the loss being backpropagated,
+            which pushes the gates the task does not need below ``write_threshold`` and keeps them
+            there with a margin. It is added in the backward pass only (``out.loss`` does not
+            include it) and reaches the gates that the loss reaches (not those cut off by
+            ``bptt_depth``). 0: no cost.
         bidirectional_memory: decoders: every memory position sees all of its own block (read or
             write; ARMT's memory tokens) while sequence tokens stay causal, as in the NeurIPS 2022
             RMT (its Fig. 6(d)). Off by default (pretrained decoders were trained causal throughout).
@@ -86,6 +96,8 @@ class RMTConfig(DictConfig):
     d_mem: Optional[int] = None
     num_memory_heads: Optional[int] = None
     memory_layers: Optional[list[int]] = None
+    write_threshold: float = 0.0
+    write_penalty: float = 0.0
     bidirectional_memory: bool = False
     xl_cache: Optional[int] = None
 
@@ -103,8 +115,15 @@ class RMTConfig(DictConfig):
             for index in self.memory_layers:
                 _check_int("memory_layers[]", index, 0)
             self.memory_layers = list(self.memory_layers)
+        for name in ("write_threshold", "write_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < (1 if name == "write_threshold" else float("inf")):
+                bound = "in [0, 1)" if name == "write_threshold" else ">= 0"
+                raise ValueError(f"RMTConfig.{name} must be a number {bound}, got {value!r}")
+            setattr(self, name, float(value))
         if self.memory != "armt":
             given = [n for n in ("d_mem", "num_memory_heads", "memory_layers") if getattr(self, n) is not None]
+            given += [n for n in ("write_threshold", "write_penalty") if getattr(self, n)]
             if given:
                 raise ValueError(f"RMTConfig: {', '.join(given)} are options of memory='armt', not of memory={self.memory!r}")
         _check_int("num_mem_tokens", self.num_mem_tokens, 0)

@@ -11,6 +11,11 @@ segments is, per layer l, an associative matrix ``A_l`` (H, d_key/H, d/H) and a 
   ``v_old = k A_l / (k . z_l + eps)``, ``gamma = clip(1 - k . z_l / |k|^2, 0, 1)`` (no gradient),
   ``A_l += sum_i beta_i k_i^T (v_i - v_old_i)``, ``z_l += sum_i gamma_i k_i``.
 
+Two options beyond the paper: ``write_threshold`` drops every write whose gate is at or below it
+(neither A nor z changes), and ``write_penalty`` makes every gate cost its value in the
+gradient. Together they let a memory learn to write what it must keep and then leave its state
+exactly unchanged on everything else, so what it holds cannot drift however long the input.
+
 ``phi`` is DPFP with nu = 3 (Schlag et al., 2021) followed by L2 normalisation, so d_key =
 2 * nu * d_mem. W_v starts at zero: an untrained ARMT writes nothing and reads nothing, and its
 first segment is the backbone's own output on ``[segment | mem]``. With an empty state the
@@ -49,12 +54,26 @@ def dpfp(x: torch.Tensor, nu: int = NU) -> torch.Tensor:
     return F.normalize(phi, dim=-1)
 
 
+class _WriteCost(torch.autograd.Function):
+    """Identity forward; backward adds `cost` to the gradient of every gate (a loss term
+    ``cost * sum(beta)`` that lives only in the backward pass, whatever loss is backpropagated)."""
+
+    @staticmethod
+    def forward(ctx, beta: torch.Tensor, cost: float) -> torch.Tensor:
+        ctx.cost = cost
+        return beta.view_as(beta)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad + ctx.cost, None
+
+
 class AssociativeBlock(nn.Module):
     """The projections of one layer's associative memory and its read and write."""
 
-    def __init__(self, d: int, d_mem: int, heads: int):
+    def __init__(self, d: int, d_mem: int, heads: int, threshold: float = 0.0, penalty: float = 0.0):
         super().__init__()
-        self.heads = heads
+        self.heads, self.threshold, self.penalty = heads, threshold, penalty
         self.W_q = nn.Linear(d, d_mem, bias=False)
         self.W_k = nn.Linear(d, d_mem, bias=False)
         self.W_v = nn.Linear(d, d, bias=False)
@@ -77,9 +96,16 @@ class AssociativeBlock(nn.Module):
         k = dpfp(self._heads(self.W_k(m))).to(A.dtype)  # (b, H, M, k)
         v = self._heads(self.W_v(m)).to(A.dtype)  # (b, H, M, v)
         beta = torch.sigmoid(self.W_beta(m)).transpose(1, 2).to(A.dtype)  # (b, H, M)
+        if self.penalty and beta.requires_grad:
+            beta = _WriteCost.apply(beta, self.penalty / beta.shape[0])  # mean over the batch
+        happens = (beta > self.threshold).to(A.dtype).detach() if self.threshold else None
+        if happens is not None:
+            beta = beta * happens
         kz = (k * z.unsqueeze(2)).sum(-1)  # (b, H, M)
         v_old = (k @ A) / (kz + EPS).unsqueeze(-1)  # (b, H, M, v): what the memory holds for k
         gamma = (1 - kz / (k * k).sum(-1).clamp_min(1e-12)).clamp(0, 1).detach()  # (b, H, M): k's new part
+        if happens is not None:
+            gamma = gamma * happens  # a write that does not happen leaves z alone too
         A = A + (k * beta.unsqueeze(-1)).transpose(-1, -2) @ (v - v_old)  # sum_i beta_i k_i^T (v_i - v_old_i)
         z = z + (gamma.unsqueeze(-1) * k).sum(2)
         return A, z
@@ -118,7 +144,8 @@ class AssociativeMemory(MemoryMechanism):
         if any(not 0 <= i < len(blocks) for i in chosen) or len(set(chosen)) != len(chosen):
             raise ValueError(f"memory_layers={config.memory_layers} must be distinct layer indices in 0..{len(blocks) - 1}")
         self._blocks = [blocks[i] for i in chosen]  # a plain list: the backbone's layers are not ours to save
-        self.assoc = nn.ModuleList(AssociativeBlock(d, d_mem, heads) for _ in chosen)
+        self.assoc = nn.ModuleList(AssociativeBlock(d, d_mem, heads, config.write_threshold, config.write_penalty)
+                                   for _ in chosen)
         self.heads, self.d_key, self.d = heads, 2 * NU * d_mem, d
         self.sink = backbone.is_causal and backbone.num_special == 1
         self.token_start = int(self.sink) if backbone.is_causal else 1
