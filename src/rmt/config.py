@@ -75,7 +75,8 @@ class RMTConfig(DictConfig):
             which pushes the gates the task does not need below ``write_threshold`` and keeps them
             there with a margin. It is added in the backward pass only (``out.loss`` does not
             include it) and reaches the gates that the loss reaches (not those cut off by
-            ``bptt_depth``). 0: no cost.
+            ``bptt_depth``). It is not scaled with the loss: with gradient accumulation over k
+            micro-batches each adds it, so the cost per step is k times larger. 0: no cost.
         bidirectional_memory: decoders: every memory position sees all of its own block (read or
             write; ARMT's memory tokens) while sequence tokens stay causal, as in the NeurIPS 2022
             RMT (its Fig. 6(d)). Off by default (pretrained decoders were trained causal throughout).
