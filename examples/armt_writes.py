@@ -15,9 +15,8 @@ from pathlib import Path
 
 import torch
 
-from rmt.training.cli import _run_config
-from rmt.training.run_dir import read_state
-from rmt.training.trainer import load_trained, make_tasks
+from rmt.training.cli import _load_best, _run_config
+from rmt.training.trainer import make_tasks
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
 
     run = Path(args.run)
     config = _run_config(run)
-    model = load_trained(config, read_state(run)["stages"][-1]["best_dir"]).eval()
+    model = _load_best(run).eval()
     if model.rmt_config.memory != "armt":
         raise SystemExit(f"{run}: memory={model.rmt_config.memory!r}; this reads the write gates of memory='armt'")
     task = make_tasks(config)(args.segments)
@@ -52,9 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     near = torch.zeros(args.segments, args.examples, dtype=torch.bool)  # the fact's segments and the next
     for j, fact in enumerate(facts):
         near[fact["start"] // size : (fact["end"] - 1) // size + 2, j] = True
-    for layer, per_segment in enumerate(gates):
-        beta = torch.stack(per_segment)  # (S, B, M)
-        on = beta > level
+    written = [torch.stack(per_segment) > level for per_segment in gates]  # per layer (S, B, M)
+    for layer, on in enumerate(written):
         mask = near.unsqueeze(-1).expand_as(on)
         print(f"layer {layer}: gates writing at the fact {on[mask].float().mean():.3f}, on the background "
               f"{on[~mask].float().mean():.5f} ({int(on[~mask].sum())} of {int((~mask).sum())})")
@@ -63,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nexample {j}: {fact['text']!r} in segment {fact['start'] // size}; "
               f"answer {task.label_names[examples[j]['label']]}, predicted {task.label_names[predicted[j]]}")
         for s in range(args.segments):
-            if not near[s, j] and any((torch.stack(g)[s, j] > level).any() for g in gates):
+            if not near[s, j] and any(on[s, j].any() for on in written):
                 text = task.decode(examples[j]["input_ids"][s * size : (s + 1) * size])
                 print(f"  segment {s} written: {text}")
 

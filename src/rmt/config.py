@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -116,10 +117,9 @@ class RMTConfig(DictConfig):
             for index in self.memory_layers:
                 _check_int("memory_layers[]", index, 0)
             self.memory_layers = list(self.memory_layers)
-        for name in ("write_threshold", "write_penalty"):
+        for name, upper, bound in (("write_threshold", 1.0, "in [0, 1)"), ("write_penalty", math.inf, ">= 0")):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < (1 if name == "write_threshold" else float("inf")):
-                bound = "in [0, 1)" if name == "write_threshold" else ">= 0"
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < upper:
                 raise ValueError(f"RMTConfig.{name} must be a number {bound}, got {value!r}")
             setattr(self, name, float(value))
         if self.memory != "armt":

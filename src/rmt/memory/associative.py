@@ -98,14 +98,12 @@ class AssociativeBlock(nn.Module):
         beta = torch.sigmoid(self.W_beta(m)).transpose(1, 2).to(A.dtype)  # (b, H, M)
         if self.penalty and beta.requires_grad:
             beta = _WriteCost.apply(beta, self.penalty / beta.shape[0])  # mean over the batch
-        happens = (beta > self.threshold).to(A.dtype).detach() if self.threshold else None
-        if happens is not None:
-            beta = beta * happens
         kz = (k * z.unsqueeze(2)).sum(-1)  # (b, H, M)
         v_old = (k @ A) / (kz + EPS).unsqueeze(-1)  # (b, H, M, v): what the memory holds for k
         gamma = (1 - kz / (k * k).sum(-1).clamp_min(1e-12)).clamp(0, 1).detach()  # (b, H, M): k's new part
-        if happens is not None:
-            gamma = gamma * happens  # a write that does not happen leaves z alone too
+        if self.threshold:  # a write that does not happen changes neither A nor z
+            happens = (beta > self.threshold).to(A.dtype)
+            beta, gamma = beta * happens, gamma * happens
         A = A + (k * beta.unsqueeze(-1)).transpose(-1, -2) @ (v - v_old)  # sum_i beta_i k_i^T (v_i - v_old_i)
         z = z + (gamma.unsqueeze(-1) * k).sum(2)
         return A, z
