@@ -53,6 +53,17 @@ def test_demo_writes_results_table_and_plot(tmp_path, capsys):
                  "--segments", "1,2", "--examples", "4", "--batch-size", "1", "--out", str(tmp_path / "eval1")]) == 0
     single = json.loads((tmp_path / "eval1" / "results.json").read_text())
     assert (single["rmt_accuracy"], single["no_memory_accuracy"]) == (again["rmt_accuracy"], again["no_memory_accuracy"])
+    # --task-arg evaluates on the task with an argument changed, and says so in results.json
+    assert again["task_args"] == {"kind": "classification"}
+    assert main(["eval", str(tmp_path / "rmt"), "--segments", "1,2", "--examples", "4", "--task-arg", "decoy_rate=0",
+                 "--out", str(tmp_path / "eval0")]) == 0
+    zero = json.loads((tmp_path / "eval0" / "results.json").read_text())
+    assert zero["task_args"] == {"kind": "classification", "decoy_rate": 0} and zero["rmt_accuracy"] == again["rmt_accuracy"]
+    for bad, says in (("decoy_rate=-1", "decoy_rate must be a number"), ("decoy_rate", "NAME=VALUE")):
+        result = subprocess.run([sys.executable, "-m", "rmt.cli", "eval", str(tmp_path / "rmt"), "--segments", "2",
+                                 "--examples", "2", "--task-arg", bad, "--out", str(tmp_path / "bad")],
+                                capture_output=True, text=True)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and says in result.stderr
 
 
 def test_cli_bad_paths_are_one_line_errors(tmp_path):

@@ -121,3 +121,54 @@ def test_fact_segments_errors():
         get_task("memorize", num_segments=4, segment_size=48, fact_segments=(2,))
     with pytest.raises(ValueError, match="more than a segment"):
         get_task("reasoning", num_segments=4, segment_size=40, fact_segments=(2, 2)).example(0)
+
+
+PLACE_WORD = r"\b(?:bathroom|hallway|garden|office|bedroom|kitchen)\b"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_decoys_are_background_sentences_naming_a_place_at_about_their_rate(name):
+    import re
+
+    from rmt.tasks import task_at
+
+    plain, decoyed = task_at(name, 32, 64), task_at(name, 32, 64, decoy_rate=0.25)
+    pool = {decoyed.decode(d) for d in decoyed._decoys}
+    assert pool and all(re.search(PLACE_WORD, s, re.IGNORECASE) for s in pool)
+
+    def places(task, i):  # place words outside the facts and the question
+        text = task.decode(task.example(i)["input_ids"])
+        for fact in _facts(text):
+            text = text.replace(fact, "")
+        return len(re.findall(PLACE_WORD, text[: text.rindex(" W")], re.IGNORECASE))
+
+    n = 40
+    added = sum(places(decoyed, i) - places(plain, i) for i in range(n)) / n
+    assert 0.6 * 0.25 * 32 < added <= 0.25 * 32 * 3  # about 8 decoys (a sentence can name two places)
+    for i in range(n):
+        ex, spans = decoyed.example(i), decoyed.spans(i)
+        assert len(ex["input_ids"]) == 32 * 64
+        text = decoyed.decode(ex["input_ids"])
+        assert [f["text"] for f in spans["facts"]] == _facts(text)  # the facts stay whole and findable
+        for f in spans["facts"]:
+            assert decoyed.decode(ex["input_ids"][f["start"] : f["end"]]) == " " + f["text"]
+        assert decoyed.example(i)["label"] == plain.example(i)["label"]  # the story is drawn as without decoys
+    assert decoyed.example(3) == task_at(name, 32, 64, decoy_rate=0.25).example(3)
+    assert task_at(name, 32, 64, decoy_rate=0).example(3) == plain.example(3)
+
+
+def test_decoys_fit_short_inputs_and_errors(tmp_path):
+    from rmt.tasks import task_at
+
+    short = task_at("detect-and-memorize", 1, 64, decoy_rate=3.0)  # more decoys than fit: as many as fit
+    assert all(len(short.example(i)["input_ids"]) == 64 for i in range(20))
+    for bad in (-0.1, float("nan"), float("inf"), True, "0.1"):
+        with pytest.raises(ValueError, match="decoy_rate must be a number"):
+            task_at("detect-and-memorize", 4, 64, decoy_rate=bad)
+    with pytest.raises(ValueError, match="per segment"):
+        get_task("detect-and-memorize", length=400, decoy_rate=0.1)
+    with pytest.raises(ValueError, match="do not go together"):
+        get_task("reasoning", num_segments=4, segment_size=175, fact_segments=(1, 3), decoy_rate=0.1)
+    (tmp_path / "noise.txt").write_text("Zebras graze quietly. " * 200)
+    with pytest.raises(ValueError, match="has none"):
+        task_at("memorize", 4, 64, decoy_rate=0.1, background=str(tmp_path / "noise.txt"))

@@ -9,6 +9,13 @@ Facts hidden in real background text, a question at the end:
 The input is exactly ``length`` tokens (or ``num_segments * segment_size``). The answer is one of
 the six places: a label (``kind="classification"``, 6 labels) or text (``kind="causal-lm"``).
 
+``decoy_rate=r`` adds about ``r`` decoys per segment: sentences of the background itself that name
+one of the six places ("...open the garden door for you."), inserted whole at random sentence
+boundaries before and after the facts (as many as fit). The background holds such sentences rarely
+(the bundled books: about 4 per 1,024 segments of 32 words), so a model trained on short inputs may
+learn to store any place word it reads; decoys teach it, on short inputs, to store only the facts.
+Off by default; the examples without it are unchanged.
+
 ``fact_segments=(1, 3)`` puts fact k inside segment ``fact_segments[k]`` (counted from 1) instead
 of at a random position: the examples of the report's Fig. 6 (fact 1 in segment 1, nothing in
 segment 2, fact 2 in segment 3, the question in segment 4). Without it the examples are the
@@ -17,6 +24,8 @@ task's own distribution, unchanged. `spans` says where the facts and the questio
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 from random import Random
 
@@ -25,6 +34,7 @@ from .base import Task, _check_lengths, parse_length, register
 from ..data.corpus import BackgroundText, background_text
 
 KINDS = ("classification", "causal-lm")
+_PLACE_WORD = re.compile(r"\b(?:" + "|".join(PLACES) + r")\b", re.IGNORECASE)
 PLACEMENT_TRIES = 1000  # facts go in at sentence boundaries: a draw can push one past its segment's end
 
 
@@ -37,7 +47,7 @@ class _MemoryTask(Task):
     def __init__(self, tokenizer=None, seed: int = 0, length: int | str | None = None,
                  num_segments: int | None = None, segment_size: int | None = None,
                  kind: str = "classification", background: str | BackgroundText | None = None,
-                 fact_segments: Sequence[int] | None = None) -> None:
+                 fact_segments: Sequence[int] | None = None, decoy_rate: float = 0.0) -> None:
         super().__init__(tokenizer, seed)
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -61,6 +71,18 @@ class _MemoryTask(Task):
             self.background = background_text(background, self.tokenizer)
         self.segment_size = segment_size
         self.fact_segments = self._check_fact_segments(fact_segments, num_segments)
+        self.decoy_rate = self._check_decoy_rate(decoy_rate)
+        self._decoys = _place_sentences(self.background) if self.decoy_rate else []
+
+    def _check_decoy_rate(self, rate: float) -> float:
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate < 0:
+            raise ValueError(f"decoy_rate must be a number >= 0 (decoys per segment), got {rate!r}")
+        if rate and self.segment_size is None:
+            raise ValueError("decoy_rate counts decoys per segment: give num_segments and segment_size, not length")
+        if rate and self.fact_segments is not None:
+            raise ValueError("decoy_rate and fact_segments do not go together: fact_segments lays out examples "
+                             "for a figure, decoys are for training")
+        return float(rate)
 
     def _check_fact_segments(self, fact_segments: Sequence[int] | None, num_segments: int | None) -> tuple | None:
         if fact_segments is None:
@@ -114,14 +136,34 @@ class _MemoryTask(Task):
         if self.fact_segments is not None and not self.fact_at_start:
             context, starts = self._placed(rng, noise, fact_ids, len(question) + len(answer))
         else:
+            decoys = self._draw_decoys(rng, noise) if self.decoy_rate else []
+            noise -= sum(len(d) for d in decoys)
             if self.fact_at_start:
                 positions = [0] * len(fact_ids)
             else:
                 positions = sorted(rng.randint(0, noise) for _ in fact_ids)
-            context = self._context(noise, fact_ids, positions, rng.getrandbits(64))
-            starts = _locate(context, fact_ids, positions)
+            # facts and decoys go in together, in the order of their offsets in the background
+            pieces = sorted([(p, 0, k) for k, p in enumerate(positions)]
+                            + [(rng.randint(0, noise), 1, k) for k in range(len(decoys))])
+            ids = [(fact_ids, decoys)[kind][k] for _, kind, k in pieces]
+            offsets = [p for p, _, _ in pieces]
+            context = self._context(noise, ids, offsets, rng.getrandbits(64))
+            found = _locate(context, ids, offsets)
+            starts = [s for s, (_, kind, _) in zip(found, pieces) if kind == 0]
         spans = [{"text": f.text, "start": s, "end": s + len(ids)} for f, ids, s in zip(facts, fact_ids, starts)]
         return context, spans, question, answer, q.answer
+
+    def _draw_decoys(self, rng: Random, room: int) -> list[list[int]]:
+        """About ``decoy_rate`` place sentences per segment (rounded at random), as many as fit in ``room``."""
+        expected = self.decoy_rate * self.length / self.segment_size
+        count = int(expected) + (rng.random() < expected - int(expected))
+        chosen = []
+        for _ in range(count):
+            decoy = self._decoys[rng.randrange(len(self._decoys))]
+            if len(decoy) <= room:
+                chosen.append(decoy)
+                room -= len(decoy)
+        return chosen
 
     def _context(self, noise: int, fact_ids: list, positions: list, seed: int) -> list[int]:
         return [t for piece in self.background.iter_with_facts(noise, fact_ids, positions, seed) for t in piece]
@@ -161,6 +203,16 @@ class _MemoryTask(Task):
         _check_lengths(predictions, examples)
         hits = [answer_matches(p, e["answer"], self.tokenizer) for p, e in zip(predictions, examples)]
         return {"accuracy": sum(hits) / max(len(hits), 1)}
+
+
+def _place_sentences(background: BackgroundText) -> list[list[int]]:
+    """Token ids of every sentence of ``background`` that names one of the six places."""
+    found = [background.encode(background.sentence(i)) for i in range(len(background))
+             if _PLACE_WORD.search(background.sentence(i))]
+    if not found:
+        raise ValueError(f"decoy_rate needs sentences naming a place ({', '.join(PLACES)}) in the background "
+                         f"text, and {background.name!r} has none; use another background or decoy_rate=0")
+    return found
 
 
 def _locate(context: list[int], fact_ids: list, positions: list) -> list[int]:

@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional
 
-from .config import TrainConfig
+from .config import TrainConfig, apply_overrides
 
 DEFAULT_EVAL_SEGMENTS = (1, 2, 4, 8, 16, 32, 64)
 BACKBONE_HELP = ("pretrained backbone: a packaged model (smollm2-135m, minilm-l6), a local model folder or a hub name; "
@@ -54,6 +54,9 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--examples", type=_positive, default=200, help="examples per length")
     p.add_argument("--batch-size", type=int, help="examples per batch (default: the run's eval_batch_size); memory "
                    "holds one batch, so lower it for inputs of millions of tokens")
+    p.add_argument("--task-arg", dest="task_args", action="append", default=[], metavar="NAME=VALUE",
+                   help="evaluate on the task with this argument changed (value parsed as YAML), repeatable; e.g. "
+                        "--task-arg decoy_rate=0 for a model trained with decoys")
     p.add_argument("--out", help="where to write results.json and the plot (default: the run directory)")
     p.set_defaults(func=run_eval)
 
@@ -105,15 +108,23 @@ def run_eval(args: argparse.Namespace) -> int:
     run = Path(args.run)
     config = _run_config(run)
     models = {"rmt": _load_best(run)}
+    if args.task_args:
+        bad = [item for item in args.task_args if "=" not in item or not item.partition("=")[0].strip()]
+        if bad:
+            raise ValueError(f"--task-arg takes NAME=VALUE, got {bad[0]!r}")
+        config = TrainConfig.from_dict(apply_overrides(config.to_dict(), tuple(f"task_args.{a.strip()}" for a in args.task_args)))
     for item in args.baseline:
         name, sep, path = item.partition("=")
         if not sep:
             raise ValueError(f"--baseline takes NAME=RUN_DIR, got {item!r}")
         _run_config(Path(path))
         models[name] = _load_best(Path(path))
+    tasks = make_tasks(config)
+    for n in args.segments:  # bad task arguments fail here, in one line, before any evaluation
+        tasks(n)
     out = Path(args.out or run)
     out.mkdir(parents=True, exist_ok=True)
-    report = _evaluate_and_report(models, make_tasks(config), config, args.segments, args.examples, out, trained=[],
+    report = _evaluate_and_report(models, tasks, config, args.segments, args.examples, out, trained=[],
                                   title=f"{config.task}: {config.metric} by input length", batch_size=args.batch_size)
     print(report)
     return 0
@@ -142,7 +153,7 @@ def _evaluate_and_report(models, tasks, config: TrainConfig, segments, examples:
     write_json(out / "results.json", {
         "task": config.task, "metric": metric, "segment_size": tasks.segment_size,
         "num_mem_tokens": config.rmt.get("num_mem_tokens"), "eval_segments": list(segments),
-        "examples_per_length": examples, "chance": chance,
+        "examples_per_length": examples, "chance": chance, "task_args": config.task_args,
         **{f"{name}_{metric}": values for name, values in results.items()}, **(extra or {}),
     })
     return format_table(segments, results, tasks.segment_size, trained, metric)
