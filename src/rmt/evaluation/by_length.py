@@ -17,16 +17,20 @@ TaskFactory = Callable[[int], Task]  # segment count -> the task at that length
 
 @torch.no_grad()
 def evaluate_models(models: Mapping[str, RecurrentMemoryTransformer], task: Task, num_examples: int,
-                    batch_size: int = 32, split: str = "validation") -> dict[str, dict[str, float]]:
+                    batch_size: int = 32, split: str = "validation", progress: str | None = None) -> dict[str, dict[str, float]]:
     """Every model's metric (and mean loss) on the same first `num_examples` examples of `split`.
 
     Examples are generated one batch at a time and every model reads the batch before the next is
     made; only what scoring needs (`Task.scoring_view`) is kept. Memory therefore holds one batch of
-    inputs however long they are (evaluating at millions of tokens per example).
+    inputs however long they are (evaluating at millions of tokens per example). ``progress``: a
+    label for a bar over the examples (none by default).
     """
+    from tqdm.auto import tqdm
+
     predictions: dict[str, list[Any]] = {name: [] for name in models}
     loss_sums = {name: 0.0 for name in models}
     kept: list[dict] = []
+    bar = tqdm(total=num_examples, desc=progress, unit="example", leave=False, disable=progress is None)
     for start in range(0, num_examples, batch_size):
         chunk = [task.example(i, split) for i in range(start, min(start + batch_size, num_examples))]
         for name, model in models.items():
@@ -34,6 +38,8 @@ def evaluate_models(models: Mapping[str, RecurrentMemoryTransformer], task: Task
             predictions[name] += preds
             loss_sums[name] += loss * len(chunk)
         kept += [task.scoring_view(ex) for ex in chunk]
+        bar.update(len(chunk))
+    bar.close()
     return {name: {**task.score(predictions[name], kept), **_loss_metrics(task, loss_sums[name] / max(len(kept), 1))}
             for name in models}
 
@@ -79,7 +85,8 @@ def metric_by_length(models: Mapping[str, RecurrentMemoryTransformer], make_task
     results: dict[str, list[float]] = {name: [] for name in models}
     jobs = tqdm(segment_counts, desc="evaluating lengths", disable=not progress)
     for n in jobs:
-        scores = evaluate_models(models, make_task(n), num_examples, batch_size)
+        scores = evaluate_models(models, make_task(n), num_examples, batch_size,
+                                 progress=f"{n} segments" if progress else None)
         for name in models:
             results[name].append(scores[name][metric])
     return results
