@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from rmt.training.cli import _load_best, _run_config
+from rmt.training.cli import _load_best, _run_config, with_task_args
 from rmt.training.trainer import make_tasks
 
 
@@ -25,11 +25,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--segments", type=int, default=256)
     parser.add_argument("--examples", type=int, default=32)
     parser.add_argument("--above", type=float, default=None, help="count gates above this (default: the threshold)")
+    parser.add_argument("--task-arg", dest="task_args", action="append", default=[], metavar="NAME=VALUE",
+                        help="read the task with this argument changed, e.g. decoy_rate=0 (as `rmt eval --task-arg`)")
     parser.add_argument("--show", type=int, default=0, help="print the written background segments of this many examples")
     args = parser.parse_args(argv)
 
     run = Path(args.run)
-    config = _run_config(run)
+    config = with_task_args(_run_config(run), args.task_args)
     model = _load_best(run).eval()
     if model.rmt_config.memory != "armt":
         raise SystemExit(f"{run}: memory={model.rmt_config.memory!r}; this reads the write gates of memory='armt'")

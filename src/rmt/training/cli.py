@@ -108,11 +108,7 @@ def run_eval(args: argparse.Namespace) -> int:
     run = Path(args.run)
     config = _run_config(run)
     models = {"rmt": _load_best(run)}
-    if args.task_args:
-        bad = [item for item in args.task_args if "=" not in item or not item.partition("=")[0].strip()]
-        if bad:
-            raise ValueError(f"--task-arg takes NAME=VALUE, got {bad[0]!r}")
-        config = TrainConfig.from_dict(apply_overrides(config.to_dict(), tuple(f"task_args.{a.strip()}" for a in args.task_args)))
+    config = with_task_args(config, args.task_args)
     for item in args.baseline:
         name, sep, path = item.partition("=")
         if not sep:
@@ -128,6 +124,16 @@ def run_eval(args: argparse.Namespace) -> int:
                                   title=f"{config.task}: {config.metric} by input length", batch_size=args.batch_size)
     print(report)
     return 0
+
+
+def with_task_args(config: TrainConfig, items: list[str]) -> TrainConfig:
+    """`config` with ``NAME=VALUE`` task arguments changed (values parsed as YAML)."""
+    bad = [item for item in items if "=" not in item or not item.partition("=")[0].strip()]
+    if bad:
+        raise ValueError(f"--task-arg takes NAME=VALUE, got {bad[0]!r}")
+    if not items:
+        return config
+    return TrainConfig.from_dict(apply_overrides(config.to_dict(), tuple(f"task_args.{a.strip()}" for a in items)))
 
 
 def _load_best(run: Path):
