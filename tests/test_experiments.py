@@ -89,6 +89,26 @@ def test_a_changed_evaluation_is_measured_again(tmp_path):
     assert cache["spec"]["examples"] == 8
 
 
+def test_eval_task_args_evaluate_on_the_task_with_those_arguments_changed(tmp_path):
+    from rmt.evaluation.by_length import evaluate
+    from rmt.training.trainer import load_trained, make_tasks
+
+    out = tmp_path / "out"
+    spec = {"runs": {"rmt": {"task_args.decoy_rate": 0.5}},
+            "eval": {"segments": [2], "examples": 8, "task_args": {"decoy_rate": 0}}}
+    assert main(["reproduce", str(write(tmp_path, **spec)), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["runs"]["rmt"]["config"]["task_args"]["decoy_rate"] == 0.5  # trained with decoys
+    cache = json.loads((out / "evals" / "rmt-final.json").read_text())
+    assert cache["spec"]["task_args"] == {"kind": "classification", "decoy_rate": 0}
+    experiment = Experiment.load(str(tmp_path / "tiny.yaml"), out)
+    trained = experiment.runs["rmt"]
+    plain = make_tasks(type(trained).from_dict({**trained.to_dict(), "task_args": {"kind": "classification"}}))
+    model = load_trained(trained, results["runs"]["rmt"]["stages"][-1]["best_dir"])
+    expected = evaluate(model, plain(2), 8, 4)
+    assert results["runs"]["rmt"]["eval"]["final"]["loss"] == [pytest.approx(expected["loss"])]
+
+
 def _bundled_experiments() -> list:
     """Every bundled experiment; those on a packaged pretrained backbone carry the `pretrained` marker."""
     paths = sorted(Path(str(resources.files("rmt") / "configs" / "experiments")).glob("*.yaml"))
@@ -121,6 +141,7 @@ def test_every_bundled_experiment_is_a_valid_config(path, tmp_path):
     ({"runs": {"rmt": {"learning_rate": -1}}, "eval": {"segments": [1]}}, "run 'rmt': learning_rate"),
     ({"runs": {"rmt": {}}}, "eval needs"),
     ({"runs": {"rmt": {}}, "eval": {"segments": [1], "lengths": 3}}, "unknown eval keys"),
+    ({"runs": {"rmt": {}}, "eval": {"segments": [1], "task_args": [1]}}, "eval.task_args must map"),
 ])
 def test_bad_experiments_exit_2_with_one_line(tmp_path, capsys, spec, message):
     assert main(["reproduce", str(write(tmp_path, **spec)), "--out", str(tmp_path / "out")]) == 2

@@ -15,6 +15,8 @@ from it (each a few dotted overrides), and how to evaluate them::
     # segments) evaluated from 1 to up_to * k segments, drawn as a heatmap (the report's Fig. 4)
     # eval: {..., by_position: 9}: language models also get the loss at each position of the last
     # segment at 9 segments, drawn in NAME-positions.png (the report's Fig. 8)
+    # eval: {..., task_args: {decoy_rate: 0}}: evaluate on the task with these arguments changed
+    # (runs trained with decoys, read on the task without them)
 
 A run may start from another run of the experiment, trained before it: ``init_from: "@other"``.
 
@@ -54,7 +56,7 @@ from .training.run_dir import write_json_atomic
 
 EXPERIMENT_KEYS = {"title", "paper", "base", "set", "runs", "eval"}
 SUITE_KEYS = {"title", "paper", "parts"}
-EVAL_KEYS = {"segments", "examples", "batch_size", "stages", "up_to", "by_position"}
+EVAL_KEYS = {"segments", "examples", "batch_size", "stages", "up_to", "by_position", "task_args"}
 
 
 @dataclass
@@ -69,6 +71,7 @@ class Experiment:
     stages: bool = False  # evaluate every stage's best checkpoint, each from 1 to up_to x its length
     up_to: int = 4
     by_position: Optional[int] = None  # causal LMs: loss by position in the last segment at this many segments
+    task_args: dict[str, Any] = field(default_factory=dict)  # evaluated on the task with these arguments changed
 
     @classmethod
     def load(cls, name_or_path: str, out: Path) -> "Experiment":
@@ -111,7 +114,16 @@ class Experiment:
                    runs=configs, segments=segments, examples=int(spec.get("examples", 100)),
                    batch_size=spec.get("batch_size"), stages=bool(spec.get("stages", False)),
                    up_to=int(spec.get("up_to", 4)),
-                   by_position=int(spec["by_position"]) if spec.get("by_position") is not None else None)
+                   by_position=int(spec["by_position"]) if spec.get("by_position") is not None else None,
+                   task_args=_eval_task_args(spec.get("task_args"), path))
+
+
+def _eval_task_args(value: Any, path: Path) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: eval.task_args must map task arguments to values, e.g. {{decoy_rate: 0}}, got {value!r}")
+    return dict(value)
 
 
 def experiment_path(name_or_path: str) -> Path:
@@ -188,6 +200,8 @@ def run(experiment: Experiment, out: Path) -> dict[str, Any]:
         checkpoints = ([(f"{s['segments']}", s["best_dir"], s["segments"]) for s in trained.stages] if experiment.stages
                        else [("final", trained.stages[-1]["best_dir"], None)])
         entry["eval"] = {}
+        if experiment.task_args:  # evaluated on the task with some arguments changed (e.g. without training decoys)
+            config = TrainConfig.from_dict({**config.to_dict(), "task_args": {**config.task_args, **experiment.task_args}})
         tasks = functools.cache(lambda config=config: make_tasks(config))  # built once per run, when first needed
         for label, best_dir, length in checkpoints:
             segments = list(range(1, experiment.up_to * length + 1)) if length else experiment.segments
