@@ -172,3 +172,28 @@ def test_decoys_fit_short_inputs_and_errors(tmp_path):
     (tmp_path / "noise.txt").write_text("Zebras graze quietly. " * 200)
     with pytest.raises(ValueError, match="has none"):
         task_at("memorize", 4, 64, decoy_rate=0.1, background=str(tmp_path / "noise.txt"))
+
+
+def test_decoy_facts_are_about_the_other_people_and_leave_the_answer_alone():
+    from rmt.tasks import task_at
+
+    task = task_at("detect-and-memorize", 32, 64, decoy_rate=0.25, decoy_facts=0.5)
+    others = 0
+    for i in range(30):
+        ex, spans = task.example(i), task.spans(i)
+        text = task.decode(ex["input_ids"])
+        person = text[text.rindex("Where is ") + 9 : -1]
+        facts = _facts(text)
+        mine = [f for f in facts if f.startswith(person + " ")]
+        assert mine == [spans["facts"][0]["text"]]  # one fact about the person asked: the one that answers
+        assert mine[0].endswith(f"the {task.label_names[ex['label']]}.")
+        others += len(facts) - 1
+    assert 0.6 * 0.5 * 8 < others / 30 < 1.4 * 0.5 * 8  # half of about 8 decoys
+    assert task_at("detect-and-memorize", 32, 64, decoy_rate=0.25).example(0) != task.example(0)
+    for bad, says in ((1.5, "share of the decoys"), (True, "share of the decoys")):
+        with pytest.raises(ValueError, match=says):
+            task_at("detect-and-memorize", 4, 64, decoy_rate=0.1, decoy_facts=bad)
+    with pytest.raises(ValueError, match="needs decoy_rate"):
+        task_at("detect-and-memorize", 4, 64, decoy_facts=0.5)
+    with pytest.raises(ValueError, match="where a person is"):
+        task_at("reasoning", 4, 64, decoy_rate=0.1, decoy_facts=0.5)

@@ -14,7 +14,11 @@ one of the six places ("...open the garden door for you."), inserted whole at ra
 boundaries before and after the facts (as many as fit). The background holds such sentences rarely
 (the bundled books: about 4 per 1,024 segments of 32 words), so a model trained on short inputs may
 learn to store any place word it reads; decoys teach it, on short inputs, to store only the facts.
-Off by default; the examples without it are unchanged.
+``decoy_facts=f`` (memorize, detect & memorize) makes a share ``f`` of the decoys facts about the
+other people ("John went to the office." when the question asks where Mary is), as BABILong's qa1
+has: a memory that stores every fact must then store it under the person, and a place sentence of
+the prose written by mistake no longer lands where the question looks. Off by default; the examples
+without decoys are unchanged.
 
 ``fact_segments=(1, 3)`` puts fact k inside segment ``fact_segments[k]`` (counted from 1) instead
 of at a random position: the examples of the report's Fig. 6 (fact 1 in segment 1, nothing in
@@ -29,7 +33,7 @@ import re
 from collections.abc import Sequence
 from random import Random
 
-from .babi import PLACES, answer_matches, generate_story
+from .babi import MOVE_VERBS, PEOPLE, PLACES, answer_matches, generate_story
 from .base import Task, _check_lengths, parse_length, register
 from ..data.corpus import BackgroundText, background_text
 
@@ -47,7 +51,8 @@ class _MemoryTask(Task):
     def __init__(self, tokenizer=None, seed: int = 0, length: int | str | None = None,
                  num_segments: int | None = None, segment_size: int | None = None,
                  kind: str = "classification", background: str | BackgroundText | None = None,
-                 fact_segments: Sequence[int] | None = None, decoy_rate: float = 0.0) -> None:
+                 fact_segments: Sequence[int] | None = None, decoy_rate: float = 0.0,
+                 decoy_facts: float = 0.0) -> None:
         super().__init__(tokenizer, seed)
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -73,6 +78,12 @@ class _MemoryTask(Task):
         self.fact_segments = self._check_fact_segments(fact_segments, num_segments)
         self.decoy_rate = self._check_decoy_rate(decoy_rate)
         self._decoys = _place_sentences(self.background) if self.decoy_rate else []
+        if isinstance(decoy_facts, bool) or not isinstance(decoy_facts, (int, float)) or not 0 <= decoy_facts <= 1:
+            raise ValueError(f"decoy_facts must be a share of the decoys in [0, 1], got {decoy_facts!r}")
+        if decoy_facts and (self.qa != 1 or not self.decoy_rate):
+            raise ValueError("decoy_facts needs decoy_rate > 0 and a task whose fact says where a person is "
+                             "(memorize, detect-and-memorize)")
+        self.decoy_facts = float(decoy_facts)
 
     def _check_decoy_rate(self, rate: float) -> float:
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate < 0:
@@ -136,7 +147,7 @@ class _MemoryTask(Task):
         if self.fact_segments is not None and not self.fact_at_start:
             context, starts = self._placed(rng, noise, fact_ids, len(question) + len(answer))
         else:
-            decoys = self._draw_decoys(rng, noise) if self.decoy_rate else []
+            decoys = self._draw_decoys(rng, noise, facts[0].text.split()[0]) if self.decoy_rate else []
             noise -= sum(len(d) for d in decoys)
             if self.fact_at_start:
                 positions = [0] * len(fact_ids)
@@ -153,13 +164,18 @@ class _MemoryTask(Task):
         spans = [{"text": f.text, "start": s, "end": s + len(ids)} for f, ids, s in zip(facts, fact_ids, starts)]
         return context, spans, question, answer, q.answer
 
-    def _draw_decoys(self, rng: Random, room: int) -> list[list[int]]:
-        """About ``decoy_rate`` place sentences per segment (rounded at random), as many as fit in ``room``."""
+    def _draw_decoys(self, rng: Random, room: int, person: str) -> list[list[int]]:
+        """About ``decoy_rate`` decoys per segment (rounded at random), as many as fit in ``room``: place
+        sentences of the background, and a share ``decoy_facts`` of facts about people other than ``person``."""
         expected = self.decoy_rate * self.length / self.segment_size
         count = int(expected) + (rng.random() < expected - int(expected))
         chosen = []
         for _ in range(count):
-            decoy = self._decoys[rng.randrange(len(self._decoys))]
+            if self.decoy_facts and rng.random() < self.decoy_facts:
+                other = rng.choice([p for p in PEOPLE if p != person])
+                decoy = self.encode(f" {other} {rng.choice(MOVE_VERBS)} to the {rng.choice(PLACES)}.")
+            else:
+                decoy = self._decoys[rng.randrange(len(self._decoys))]
             if len(decoy) <= room:
                 chosen.append(decoy)
                 room -= len(decoy)
