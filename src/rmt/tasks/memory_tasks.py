@@ -223,8 +223,8 @@ class _MemoryTask(Task):
 
 def _place_sentences(background: BackgroundText) -> list[list[int]]:
     """Token ids of every sentence of ``background`` that names one of the six places."""
-    found = [background.encode(background.sentence(i)) for i in range(len(background))
-             if _PLACE_WORD.search(background.sentence(i))]
+    sentences = (background.sentence(i) for i in range(len(background)))
+    found = [background.encode(text) for text in sentences if _PLACE_WORD.search(text)]
     if not found:
         raise ValueError(f"decoy_rate needs sentences naming a place ({', '.join(PLACES)}) in the background "
                          f"text, and {background.name!r} has none; use another background or decoy_rate=0")
