@@ -232,3 +232,27 @@ def test_write_options_belong_to_armt_and_survive_a_round_trip(tmp_path):
     loaded = rmt.RecurrentMemoryTransformer.from_pretrained(tmp_path)
     assert (loaded.rmt_config.write_threshold, loaded.rmt_config.write_penalty) == (0.25, 0.1)
     assert [b.threshold for b in loaded.mechanism.assoc] == [0.25] * len(loaded.mechanism.assoc)
+
+
+def test_a_threshold_set_after_training_reads_as_one_built_in(tmp_path):
+    """set_write_threshold: a model read with a stricter gate equals the same weights built with it,
+    and saves the new threshold; other mechanisms and bad values are refused."""
+    built = wrap("gpt2", "armt", write_threshold=0.5)
+    changed = wrap("gpt2", "armt")
+    changed.load_state_dict(built.state_dict())
+    with torch.no_grad():
+        for model in (built, changed):
+            for block in model.mechanism.assoc:
+                torch.nn.init.normal_(block.W_v.weight, std=0.5)
+                torch.nn.init.normal_(block.W_beta.weight, std=0.3)  # gates on both sides of 0.5
+        changed.load_state_dict(built.state_dict())
+    ids = random_ids(2, 60, seed=5)
+    assert not torch.equal(changed(ids).logits, built(ids).logits)  # the threshold matters here
+    changed.set_write_threshold(0.5)
+    assert torch.equal(changed(ids).logits, built(ids).logits)
+    changed.save_pretrained(tmp_path)
+    assert rmt.RecurrentMemoryTransformer.from_pretrained(tmp_path).rmt_config.write_threshold == 0.5
+    with pytest.raises(ValueError, match="write_threshold"):
+        changed.set_write_threshold(1.5)
+    with pytest.raises(ValueError, match="memory='armt'"):
+        wrap("gpt2", "rmt").set_write_threshold(0.5)

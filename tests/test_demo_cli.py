@@ -64,6 +64,18 @@ def test_demo_writes_results_table_and_plot(tmp_path, capsys):
                                  "--examples", "2", "--task-arg", bad, "--out", str(tmp_path / "bad")],
                                 capture_output=True, text=True)
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and says in result.stderr
+    # --write-threshold reads an ARMT with another gate level (the demo's ARMT was trained with none), and
+    # says so; a token-memory run has no such gate
+    readings = []
+    for extra, name in (([], "armt-as-trained"), (["--write-threshold", "0"], "armt-0"), (["--write-threshold", "0.9"], "armt-09")):
+        assert main(["eval", str(tmp_path / "armt"), "--segments", "2", "--examples", "4", "--out", str(tmp_path / name)] + extra) == 0
+        readings.append(json.loads((tmp_path / name / "results.json").read_text()))
+    assert readings[0]["rmt_accuracy"] == readings[1]["rmt_accuracy"] and "write_threshold" not in readings[0]
+    assert (readings[1]["write_threshold"], readings[2]["write_threshold"]) == (0.0, 0.9)
+    result = subprocess.run([sys.executable, "-m", "rmt.cli", "eval", str(tmp_path / "rmt"), "--segments", "2",
+                             "--examples", "2", "--write-threshold", "0.5", "--out", str(tmp_path / "bad")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "memory='armt'" in result.stderr
 
 
 def test_cli_bad_paths_are_one_line_errors(tmp_path):

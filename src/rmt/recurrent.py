@@ -23,6 +23,7 @@ from .config import RMTConfig
 from .generation import generate
 from .heads import HiddenHead, SequenceHead, StepOutput, head_for
 from .memory import BackboneInfo, MemoryMechanism, State, extra_positions, get_mechanism, wrap_with_cache
+from .memory.associative import AssociativeBlock
 from .outputs import RMTOutput, RMTStreamOutput
 from .saving import RMTPretrainedConfig, load, save, unsaved_keys
 from .streaming import stream
@@ -237,6 +238,19 @@ class RecurrentMemoryTransformer(transformers.PreTrainedModel):
             backbone_kwargs: ``dtype=`` for the loaded model; hub options (``revision=``, ``token=``).
         """
         return load(cls, path, backbone, backbone_kwargs)
+
+    def set_write_threshold(self, value: float) -> None:
+        """``memory="armt"``: from now on drop every write whose gate is at or below ``value`` (see
+        `RMTConfig.write_threshold`), e.g. to read a model with a stricter gate than it was trained
+        with. The config (and so what `save_pretrained` writes) follows."""
+        if self.rmt_config.memory != "armt":
+            raise ValueError(f"write_threshold is an option of memory='armt'; this model has memory={self.rmt_config.memory!r}")
+        config = dataclasses.replace(self.rmt_config, write_threshold=value)  # checked as at construction
+        for block in self.mechanism.modules():
+            if isinstance(block, AssociativeBlock):  # also inside an XL cache
+                block.threshold = config.write_threshold
+        self.rmt_config = config
+        self.config.rmt = config.to_dict()
 
     # ------------------------------------------------------------------ memory
 

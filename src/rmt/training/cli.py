@@ -57,6 +57,9 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--task-arg", dest="task_args", action="append", default=[], metavar="NAME=VALUE",
                    help="evaluate on the task with this argument changed (value parsed as YAML), repeatable; e.g. "
                         "--task-arg decoy_rate=0 for a model trained with decoys")
+    p.add_argument("--write-threshold", type=float, metavar="BETA",
+                   help="memory='armt' runs: read the run's model with this write threshold instead of the one it "
+                        "was trained with (a write happens where its gate is above it)")
     p.add_argument("--out", help="where to write results.json and the plot (default: the run directory)")
     p.set_defaults(func=run_eval)
 
@@ -108,6 +111,10 @@ def run_eval(args: argparse.Namespace) -> int:
     run = Path(args.run)
     config = _run_config(run)
     models = {"rmt": _load_best(run)}
+    extra = {}
+    if args.write_threshold is not None:
+        models["rmt"].set_write_threshold(args.write_threshold)
+        extra["write_threshold"] = models["rmt"].rmt_config.write_threshold
     config = with_task_args(config, args.task_args)
     for item in args.baseline:
         name, sep, path = item.partition("=")
@@ -121,7 +128,8 @@ def run_eval(args: argparse.Namespace) -> int:
     out = Path(args.out or run)
     out.mkdir(parents=True, exist_ok=True)
     report = _evaluate_and_report(models, tasks, config, args.segments, args.examples, out, trained=[],
-                                  title=f"{config.task}: {config.metric} by input length", batch_size=args.batch_size)
+                                  title=f"{config.task}: {config.metric} by input length", extra=extra,
+                                  batch_size=args.batch_size)
     print(report)
     return 0
 
