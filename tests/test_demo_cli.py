@@ -8,6 +8,7 @@ import pytest
 
 from rmt.cli import main
 from rmt.data import load_tokenizer, word_tokenizer
+from rmt.evaluation import by_length
 
 TINY = ["--set", "curriculum=[{segments: 1, max_steps: 2}, {segments: 2, max_steps: 2}, 4]", "--set", "steps_per_stage=2", "--set", "eval_every=2", "--set", "eval_examples=4", "--set", "batch_size=4",
         "--set", "backbone.hidden_size=32", "--set", "backbone.intermediate_size=37",
@@ -31,7 +32,7 @@ def test_load_tokenizer_specs():
         load_tokenizer("/no/such/tokenizer")
 
 
-def test_demo_writes_results_table_and_plot(tmp_path, capsys):
+def test_demo_writes_results_table_and_plot(tmp_path, capsys, monkeypatch):
     assert main(["demo", "--out", str(tmp_path)] + TINY) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["eval_segments"] == [1, 2, 3]
@@ -67,11 +68,19 @@ def test_demo_writes_results_table_and_plot(tmp_path, capsys):
     # --write-threshold reads an ARMT with another gate level (the demo's ARMT was trained with none), and
     # says so; a token-memory run has no such gate
     readings = []
-    for extra, name in (([], "armt-as-trained"), (["--write-threshold", "0"], "armt-0"), (["--write-threshold", "0.9"], "armt-09")):
+    for extra, name in (([], "armt-as-trained"), (["--write-threshold", "0"], "armt-0"), (["--write-threshold", "0.9"], "armt-09"),
+                        (["--seed", "0"], "armt-seed0"), (["--seed", "1"], "armt-seed1")):
         assert main(["eval", str(tmp_path / "armt"), "--segments", "2", "--examples", "4", "--out", str(tmp_path / name)] + extra) == 0
         readings.append(json.loads((tmp_path / name / "results.json").read_text()))
     assert readings[0]["rmt_accuracy"] == readings[1]["rmt_accuracy"] and "write_threshold" not in readings[0]
     assert (readings[1]["write_threshold"], readings[2]["write_threshold"]) == (0.0, 0.9)
+    # --seed draws other examples: the run's own seed (0 here) reads as without it, and is recorded
+    assert readings[3]["rmt_accuracy"] == readings[0]["rmt_accuracy"] and (readings[3]["seed"], readings[4]["seed"]) == (0, 1)
+    read = []
+    monkeypatch.setattr(by_length, "metric_by_length", lambda models, tasks, *a, **k: read.append(tasks(2)) or {"rmt": [0.5]})
+    for seed in ("0", "1"):
+        assert main(["eval", str(tmp_path / "armt"), "--segments", "2", "--examples", "1", "--seed", seed, "--out", str(tmp_path / "s")]) == 0
+    assert [t.seed for t in read] == [0, 1] and read[0].example(0, "validation") != read[1].example(0, "validation")
     result = subprocess.run([sys.executable, "-m", "rmt.cli", "eval", str(tmp_path / "rmt"), "--segments", "2",
                              "--examples", "2", "--write-threshold", "0.5", "--out", str(tmp_path / "bad")],
                             capture_output=True, text=True)

@@ -57,6 +57,8 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--task-arg", dest="task_args", action="append", default=[], metavar="NAME=VALUE",
                    help="evaluate on the task with this argument changed (value parsed as YAML), repeatable; e.g. "
                         "--task-arg decoy_rate=0 for a model trained with decoys")
+    p.add_argument("--seed", type=int, help="draw the evaluation examples with this seed instead of the run's "
+                   "(fresh examples, e.g. to check a reading on more of them)")
     p.add_argument("--write-threshold", type=float, metavar="BETA",
                    help="memory='armt' runs: read the run's model with this write threshold instead of the one it "
                         "was trained with (a write happens where its gate is above it)")
@@ -116,6 +118,9 @@ def run_eval(args: argparse.Namespace) -> int:
         models["rmt"].set_write_threshold(args.write_threshold)
         extra["write_threshold"] = models["rmt"].rmt_config.write_threshold
     config = with_task_args(config, args.task_args)
+    if args.seed is not None:
+        config = TrainConfig.from_dict({**config.to_dict(), "seed": args.seed})
+        extra["seed"] = args.seed
     for item in args.baseline:
         name, sep, path = item.partition("=")
         if not sep:
