@@ -133,7 +133,7 @@ def test_decoys_are_background_sentences_naming_a_place_at_about_their_rate(name
     from rmt.tasks import task_at
 
     plain, decoyed = task_at(name, 32, 64), task_at(name, 32, 64, decoy_rate=0.25)
-    pool = {decoyed.decode(d) for d in decoyed._decoys}
+    pool = set(decoyed._decoys)
     assert pool and all(re.search(PLACE_WORD, s, re.IGNORECASE) for s in pool)
 
     def places(task, i):  # place words outside the facts and the question
@@ -172,6 +172,42 @@ def test_decoys_fit_short_inputs_and_errors(tmp_path):
     (tmp_path / "noise.txt").write_text("Zebras graze quietly. " * 200)
     with pytest.raises(ValueError, match="has none"):
         task_at("memorize", 4, 64, decoy_rate=0.1, background=str(tmp_path / "noise.txt"))
+
+
+def test_uniform_decoy_places_name_every_place_alike_in_the_books_sentences():
+    import collections
+    import re
+
+    from rmt.tasks import task_at
+    from rmt.tasks.memory_tasks import _with_place
+
+    assert _with_place(" The Garden gate, the office and the garden.", "hallway") == \
+        " The Hallway gate, the hallway and the hallway."
+    plain = task_at("detect-and-memorize", 32, 64, decoy_rate=0.25)
+    uniform = task_at("detect-and-memorize", 32, 64, decoy_rate=0.25, decoy_places="uniform")
+
+    def places(task, i):  # place words outside the facts and the question
+        text = task.decode(task.example(i)["input_ids"])
+        for fact in _facts(text):
+            text = text.replace(fact, "")
+        return collections.Counter(w.lower() for w in re.findall(PLACE_WORD, text[: text.rindex(" W")], re.IGNORECASE))
+
+    book, drawn = collections.Counter(), collections.Counter()
+    for i in range(60):
+        book += places(plain, i)
+        drawn += places(uniform, i)
+        assert uniform.example(i)["label"] == plain.example(i)["label"]  # the story is drawn as without decoys
+        assert len(uniform.example(i)["input_ids"]) == 32 * 64
+    assert book["bathroom"] == book["hallway"] == 0  # the bundled books never name them
+    assert sum(drawn.values()) > 0.6 * sum(book.values())
+    share = sum(drawn.values()) / 6
+    assert all(0.5 * share < drawn[p] < 1.6 * share for p in uniform.label_names), drawn  # every place alike
+    assert task_at("detect-and-memorize", 32, 64, decoy_rate=0.25, decoy_places="book").example(3) == plain.example(3)
+    for bad in ("balanced", None):
+        with pytest.raises(ValueError, match="decoy_places must be one of"):
+            task_at("detect-and-memorize", 4, 64, decoy_rate=0.1, decoy_places=bad)
+    with pytest.raises(ValueError, match="needs decoy_rate"):
+        task_at("detect-and-memorize", 4, 64, decoy_places="uniform")
 
 
 def test_decoy_facts_are_about_the_other_people_and_leave_the_answer_alone():

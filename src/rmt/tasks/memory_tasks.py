@@ -18,7 +18,11 @@ learn to store any place word it reads; decoys teach it, on short inputs, to sto
 other people ("John went to the office." when the question asks where Mary is), as BABILong's qa1
 has: a memory that stores every fact must then store it under the person, and a place sentence of
 the prose written by mistake no longer lands where the question looks. Off by default; the examples
-without decoys are unchanged.
+without decoys are unchanged. The books name some places far more than others (the bundled ones:
+office and garden in 68 of their 78 place sentences, never bathroom or hallway), so a detector
+trained on their decoys can learn to drop a place word rather than a sentence form;
+``decoy_places="uniform"`` gives each decoy a place drawn uniformly from the six, put in place of the
+sentence's own place words ("...open the hallway door for you.").
 
 ``fact_segments=(1, 3)`` puts fact k inside segment ``fact_segments[k]`` (counted from 1) instead
 of at a random position: the examples of the report's Fig. 6 (fact 1 in segment 1, nothing in
@@ -38,6 +42,7 @@ from .base import Task, _check_lengths, parse_length, register
 from ..data.corpus import BackgroundText, background_text
 
 KINDS = ("classification", "causal-lm")
+DECOY_PLACES = ("book", "uniform")
 _PLACE_WORD = re.compile(r"\b(?:" + "|".join(PLACES) + r")\b", re.IGNORECASE)
 PLACEMENT_TRIES = 1000  # facts go in at sentence boundaries: a draw can push one past its segment's end
 
@@ -52,7 +57,7 @@ class _MemoryTask(Task):
                  num_segments: int | None = None, segment_size: int | None = None,
                  kind: str = "classification", background: str | BackgroundText | None = None,
                  fact_segments: Sequence[int] | None = None, decoy_rate: float = 0.0,
-                 decoy_facts: float = 0.0) -> None:
+                 decoy_facts: float = 0.0, decoy_places: str = "book") -> None:
         super().__init__(tokenizer, seed)
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -77,13 +82,19 @@ class _MemoryTask(Task):
         self.segment_size = segment_size
         self.fact_segments = self._check_fact_segments(fact_segments, num_segments)
         self.decoy_rate = self._check_decoy_rate(decoy_rate)
-        self._decoys = _place_sentences(self.background) if self.decoy_rate else []
+        self._decoys = _place_sentences(self.background) if self.decoy_rate else []  # texts
         if isinstance(decoy_facts, bool) or not isinstance(decoy_facts, (int, float)) or not 0 <= decoy_facts <= 1:
             raise ValueError(f"decoy_facts must be a share of the decoys in [0, 1], got {decoy_facts!r}")
         if decoy_facts and (self.qa != 1 or not self.decoy_rate):
             raise ValueError("decoy_facts needs decoy_rate > 0 and a task whose fact says where a person is "
                              "(memorize, detect-and-memorize)")
         self.decoy_facts = float(decoy_facts)
+        if decoy_places not in DECOY_PLACES:
+            raise ValueError(f"decoy_places must be one of {DECOY_PLACES} (the book's own place words, or one "
+                             f"drawn uniformly from the six), got {decoy_places!r}")
+        if decoy_places != "book" and not self.decoy_rate:
+            raise ValueError("decoy_places needs decoy_rate > 0: it says which places the decoys name")
+        self.decoy_places = decoy_places
 
     def _check_decoy_rate(self, rate: float) -> float:
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate < 0:
@@ -175,7 +186,10 @@ class _MemoryTask(Task):
                 other = rng.choice([p for p in PEOPLE if p != person])
                 decoy = self.encode(f" {other} {rng.choice(MOVE_VERBS)} to the {rng.choice(PLACES)}.")
             else:
-                decoy = self._decoys[rng.randrange(len(self._decoys))]
+                text = self._decoys[rng.randrange(len(self._decoys))]
+                if self.decoy_places == "uniform":
+                    text = _with_place(text, rng.choice(PLACES))
+                decoy = self.encode(text)
             if len(decoy) <= room:
                 chosen.append(decoy)
                 room -= len(decoy)
@@ -221,14 +235,19 @@ class _MemoryTask(Task):
         return {"accuracy": sum(hits) / max(len(hits), 1)}
 
 
-def _place_sentences(background: BackgroundText) -> list[list[int]]:
-    """Token ids of every sentence of ``background`` that names one of the six places."""
+def _place_sentences(background: BackgroundText) -> list[str]:
+    """Every sentence of ``background`` that names one of the six places."""
     sentences = (background.sentence(i) for i in range(len(background)))
-    found = [background.encode(text) for text in sentences if _PLACE_WORD.search(text)]
+    found = [text for text in sentences if _PLACE_WORD.search(text)]
     if not found:
         raise ValueError(f"decoy_rate needs sentences naming a place ({', '.join(PLACES)}) in the background "
                          f"text, and {background.name!r} has none; use another background or decoy_rate=0")
     return found
+
+
+def _with_place(text: str, place: str) -> str:
+    """``text`` with each of its place words replaced by ``place``, capitalised where the word was."""
+    return _PLACE_WORD.sub(lambda m: place.capitalize() if m.group()[0].isupper() else place, text)
 
 
 def _locate(context: list[int], fact_ids: list, positions: list) -> list[int]:
