@@ -206,8 +206,9 @@ def test_uniform_decoy_places_name_every_place_alike_in_the_books_sentences():
     for bad in ("balanced", None):
         with pytest.raises(ValueError, match="decoy_places must be one of"):
             task_at("detect-and-memorize", 4, 64, decoy_rate=0.1, decoy_places=bad)
-    with pytest.raises(ValueError, match="needs decoy_rate"):
-        task_at("detect-and-memorize", 4, 64, decoy_places="uniform")
+    # a run trained with uniform decoys is read without decoys (`rmt eval --task-arg decoy_rate=0`)
+    assert task_at("detect-and-memorize", 32, 64, decoy_places="uniform").example(3) == \
+        task_at("detect-and-memorize", 32, 64).example(3)
 
 
 def test_decoy_facts_are_about_the_other_people_and_leave_the_answer_alone():

@@ -92,8 +92,6 @@ class _MemoryTask(Task):
         if decoy_places not in DECOY_PLACES:
             raise ValueError(f"decoy_places must be one of {DECOY_PLACES} (the book's own place words, or one "
                              f"drawn uniformly from the six), got {decoy_places!r}")
-        if decoy_places != "book" and not self.decoy_rate:
-            raise ValueError("decoy_places needs decoy_rate > 0: it says which places the decoys name")
         self.decoy_places = decoy_places
 
     def _check_decoy_rate(self, rate: float) -> float:
