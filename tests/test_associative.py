@@ -217,46 +217,6 @@ def test_the_write_penalty_costs_every_gate_its_value_in_the_gradient_only():
     assert torch.equal(loss, plain(ids, labels=ids).loss)  # out.loss does not include the cost
 
 
-def test_straight_through_gives_a_dropped_write_the_gate_gradient_of_a_write_that_happened():
-    """write_straight_through: the same forward; d/d beta_i = <dL/dA, k_i^T (v_i - v_old_i)> for every
-    memory token, dropped or not; without it a dropped write's gate gets nothing."""
-    torch.manual_seed(5)
-    d, M, b = 16, 6, 2
-    m = torch.randn(b, M, d)
-    A0, z0 = torch.randn(b, 1, 48, d).abs() * 0.1, torch.rand(b, 1, 48)
-    R = torch.randn(b, 1, 48, d)  # the loss: <R, A_new>
-    out = {}
-    for straight in (False, True):
-        torch.manual_seed(6)
-        block = AssociativeBlock(d, 8, 1, threshold=0.5, straight_through=straight)
-        torch.nn.init.normal_(block.W_v.weight, std=0.5)
-        torch.nn.init.normal_(block.W_beta.weight, std=1.0)
-        A, z = block.write(m, A0, z0)
-        (A * R).sum().backward()
-        out[straight] = A.detach(), z.detach(), block.W_beta.bias.grad.clone(), block.W_v.weight.grad.clone()
-    assert torch.equal(out[True][0], out[False][0]) and torch.equal(out[True][1], out[False][1])
-    torch.testing.assert_close(out[True][3], out[False][3])  # only the gates learn from a dropped write
-    with torch.no_grad():
-        beta = torch.sigmoid(block.W_beta(m))[..., 0]  # (b, M)
-        k = dpfp(block.W_k(m))  # (b, M, 48)
-        v = block.W_v(m)
-        kz = (k * z0[:, 0].unsqueeze(1)).sum(-1, keepdim=True)
-        v_old = (k @ A0[:, 0]) / (kz + EPS)
-        d_beta = torch.einsum("bkv,bmk,bmv->bm", R[:, 0], k, v - v_old)
-        kept = beta > 0.5
-    assert 0 < int(kept.sum()) < b * M  # some writes dropped
-    slope = beta * (1 - beta)
-    torch.testing.assert_close(out[True][2], (d_beta * slope).sum().reshape(1), atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(out[False][2], (d_beta * slope * kept).sum().reshape(1), atol=1e-4, rtol=1e-4)
-    model = wrap("gpt2", "armt", write_threshold=0.5, write_straight_through=True)
-    model.set_write_threshold(0.0)  # nothing left to pass through
-    assert not model.rmt_config.write_straight_through
-    with pytest.raises(ValueError, match="give write_threshold > 0"):
-        rmt.RMTConfig(memory="armt", write_straight_through=True)
-    with pytest.raises(TypeError, match="True or False"):
-        rmt.RMTConfig(memory="armt", write_threshold=0.5, write_straight_through=1)
-
-
 @pytest.mark.parametrize("bad", [{"write_threshold": 1.0}, {"write_threshold": -0.1}, {"write_penalty": -1},
                                  {"write_threshold": "0.5"}, {"write_penalty": True}])
 def test_bad_write_options_are_refused(bad):
@@ -267,11 +227,11 @@ def test_bad_write_options_are_refused(bad):
 def test_write_options_belong_to_armt_and_survive_a_round_trip(tmp_path):
     with pytest.raises(ValueError, match="options of memory='armt'"):
         rmt.RMTConfig(write_threshold=0.5)
-    model = wrap("gpt2", "armt", write_threshold=0.25, write_penalty=0.1, write_straight_through=True)
+    model = wrap("gpt2", "armt", write_threshold=0.25, write_penalty=0.1)
     model.save_pretrained(tmp_path)
     loaded = rmt.RecurrentMemoryTransformer.from_pretrained(tmp_path)
     assert (loaded.rmt_config.write_threshold, loaded.rmt_config.write_penalty) == (0.25, 0.1)
-    assert [(b.threshold, b.straight_through) for b in loaded.mechanism.assoc] == [(0.25, True)] * len(loaded.mechanism.assoc)
+    assert [b.threshold for b in loaded.mechanism.assoc] == [0.25] * len(loaded.mechanism.assoc)
 
 
 def test_a_threshold_set_after_training_reads_as_one_built_in(tmp_path):

@@ -78,11 +78,6 @@ class RMTConfig(DictConfig):
             include it) and reaches the gates that the loss reaches (not those cut off by
             ``bptt_depth``). It is not scaled with the loss: with gradient accumulation over k
             micro-batches each adds it, so the cost per step is k times larger. 0: no cost.
-        write_straight_through: ``"armt"`` with a ``write_threshold``, training: a dropped write's
-            gate still gets the gradient it would have if the write had happened (a straight-through
-            estimator), so a gate that fell below the threshold on something the task needs can rise
-            again; without it a dropped write gives its gate no gradient. The forward pass, and so
-            every output and the loss, is the same either way.
         bidirectional_memory: decoders: every memory position sees all of its own block (read or
             write; ARMT's memory tokens) while sequence tokens stay causal, as in the NeurIPS 2022
             RMT (its Fig. 6(d)). Off by default (pretrained decoders were trained causal throughout).
@@ -105,7 +100,6 @@ class RMTConfig(DictConfig):
     memory_layers: Optional[list[int]] = None
     write_threshold: float = 0.0
     write_penalty: float = 0.0
-    write_straight_through: bool = False
     bidirectional_memory: bool = False
     xl_cache: Optional[int] = None
 
@@ -128,14 +122,9 @@ class RMTConfig(DictConfig):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < upper:
                 raise ValueError(f"RMTConfig.{name} must be a number {bound}, got {value!r}")
             setattr(self, name, float(value))
-        if not isinstance(self.write_straight_through, bool):
-            raise TypeError(f"RMTConfig.write_straight_through must be True or False, got {self.write_straight_through!r}")
-        if self.write_straight_through and not self.write_threshold:
-            raise ValueError("RMTConfig.write_straight_through passes gradient through the writes a write_threshold "
-                             "drops; give write_threshold > 0 with it")
         if self.memory != "armt":
             given = [n for n in ("d_mem", "num_memory_heads", "memory_layers") if getattr(self, n) is not None]
-            given += [n for n in ("write_threshold", "write_penalty", "write_straight_through") if getattr(self, n)]
+            given += [n for n in ("write_threshold", "write_penalty") if getattr(self, n)]
             if given:
                 raise ValueError(f"RMTConfig: {', '.join(given)} are options of memory='armt', not of memory={self.memory!r}")
         _check_int("num_mem_tokens", self.num_mem_tokens, 0)

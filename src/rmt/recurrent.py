@@ -245,11 +245,10 @@ class RecurrentMemoryTransformer(transformers.PreTrainedModel):
         with. The config (and so what `save_pretrained` writes) follows."""
         if self.rmt_config.memory != "armt":
             raise ValueError(f"write_threshold is an option of memory='armt'; this model has memory={self.rmt_config.memory!r}")
-        straight = self.rmt_config.write_straight_through and bool(value)  # nothing to pass through at 0
-        config = dataclasses.replace(self.rmt_config, write_threshold=value, write_straight_through=straight)
+        config = dataclasses.replace(self.rmt_config, write_threshold=value)  # checked as at construction
         for block in self.mechanism.modules():
             if isinstance(block, AssociativeBlock):  # also inside an XL cache
-                block.threshold, block.straight_through = config.write_threshold, straight
+                block.threshold = config.write_threshold
         self.rmt_config = config
         self.config.rmt = config.to_dict()
 

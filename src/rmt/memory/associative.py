@@ -13,8 +13,7 @@ segments is, per layer l, an associative matrix ``A_l`` (H, d_key/H, d/H) and a 
 
 Two options beyond the paper: ``write_threshold`` drops every write whose gate is at or below it
 (neither A nor z changes), and ``write_penalty`` makes every gate cost its value in the
-gradient (``write_straight_through`` also gives a dropped write's gate the gradient it would have
-had). Together they let a memory learn to write what it must keep and then leave its state
+gradient. Together they let a memory learn to write what it must keep and then leave its state
 exactly unchanged on everything else, so what it holds cannot drift however long the input.
 
 ``phi`` is DPFP with nu = 3 (Schlag et al., 2021) followed by L2 normalisation, so d_key =
@@ -72,11 +71,9 @@ class _WriteCost(torch.autograd.Function):
 class AssociativeBlock(nn.Module):
     """The projections of one layer's associative memory and its read and write."""
 
-    def __init__(self, d: int, d_mem: int, heads: int, threshold: float = 0.0, penalty: float = 0.0,
-                 straight_through: bool = False):
+    def __init__(self, d: int, d_mem: int, heads: int, threshold: float = 0.0, penalty: float = 0.0):
         super().__init__()
         self.heads, self.threshold, self.penalty = heads, threshold, penalty
-        self.straight_through = straight_through
         self.W_q = nn.Linear(d, d_mem, bias=False)
         self.W_k = nn.Linear(d, d_mem, bias=False)
         self.W_v = nn.Linear(d, d, bias=False)
@@ -106,8 +103,7 @@ class AssociativeBlock(nn.Module):
         gamma = (1 - kz / (k * k).sum(-1).clamp_min(1e-12)).clamp(0, 1).detach()  # (b, H, M): k's new part
         if self.threshold:  # a write that does not happen changes neither A nor z
             happens = (beta > self.threshold).to(A.dtype)
-            dropped = (beta - beta.detach()) * (1 - happens) if self.straight_through else 0  # zero, with a gradient
-            beta, gamma = beta * happens + dropped, gamma * happens
+            beta, gamma = beta * happens, gamma * happens
         A = A + (k * beta.unsqueeze(-1)).transpose(-1, -2) @ (v - v_old)  # sum_i beta_i k_i^T (v_i - v_old_i)
         z = z + (gamma.unsqueeze(-1) * k).sum(2)
         return A, z
@@ -146,8 +142,8 @@ class AssociativeMemory(MemoryMechanism):
         if any(not 0 <= i < len(blocks) for i in chosen) or len(set(chosen)) != len(chosen):
             raise ValueError(f"memory_layers={config.memory_layers} must be distinct layer indices in 0..{len(blocks) - 1}")
         self._blocks = [blocks[i] for i in chosen]  # a plain list: the backbone's layers are not ours to save
-        self.assoc = nn.ModuleList(AssociativeBlock(d, d_mem, heads, config.write_threshold, config.write_penalty,
-                                                    config.write_straight_through) for _ in chosen)
+        self.assoc = nn.ModuleList(AssociativeBlock(d, d_mem, heads, config.write_threshold, config.write_penalty)
+                                   for _ in chosen)
         self.heads, self.d_key, self.d = heads, 2 * NU * d_mem, d
         self.sink = backbone.is_causal and backbone.num_special == 1
         self.token_start = int(self.sink) if backbone.is_causal else 1
