@@ -133,6 +133,54 @@ def test_samples_per_length_cell_by_cell(folders):
     assert [len(report["outputs"]["rmt"]["qa1"][n]) for n in ("0k", "300")] == [3, 1]
 
 
+def test_an_interrupted_grid_resumes_from_its_kept_cells(folders, tmp_path, monkeypatch):
+    """A kill after two of four cells loses only the cell it was in: the rerun computes the other two
+    and gives the report of an uninterrupted run; another setting, or the model retrained in place,
+    is computed again."""
+    import shutil
+
+    import rmt.evaluation.babilong as babilong
+
+    tok, folder = transformers.ByT5Tokenizer(), tmp_path / "model"
+    shutil.copytree(folders[1], folder)
+    grid = dict(tasks=[1, 2], lengths=["0k", 300], num_samples=2, babi="generated", max_new_tokens=4, progress=False)
+
+    def evaluate(cells=None, **changes):
+        return evaluate_babilong([load_reader(str(folder), name="rmt", tokenizer=tok)], **{**grid, **changes},
+                                 cells=cells)
+
+    whole = evaluate()
+    computed, answer_cell, interrupt = [], babilong._answer_cell, [True]
+
+    def counted(reader, task, *args):
+        if len(computed) == 2 and interrupt[0]:
+            raise KeyboardInterrupt
+        computed.append((task.qa, task.length))
+        return answer_cell(reader, task, *args)
+
+    monkeypatch.setattr(babilong, "_answer_cell", counted)
+    cells = tmp_path / "cells"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(cells)
+    assert len(computed) == 2 and len(list(cells.rglob("*.json"))) == 2
+    done, interrupt[0] = list(computed), False
+    computed.clear()
+    resumed = evaluate(cells)
+    assert len(computed) == 2 and not set(computed) & set(done) and resumed["resumed_cells"] == 2
+    assert resumed["results"] == whole["results"] and resumed["outputs"] == whole["outputs"]
+    computed.clear()
+    assert evaluate(cells)["resumed_cells"] == 4 and not computed
+    evaluate(cells, max_new_tokens=3)
+    assert len(computed) == 4  # another answer length: nothing kept applies
+    computed.clear()
+    model = rmt.RecurrentMemoryTransformer.from_pretrained(folder)
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    model.save_pretrained(folder)
+    evaluate(cells, max_new_tokens=3)
+    assert len(computed) == 4  # the same folder and settings, other weights
+
+
 def test_cli_rejects_bad_task_lists(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["babilong", "--model", "x", "--tasks", "qa21"])

@@ -19,11 +19,13 @@ Both metrics are reported: the benchmark's strict ``compare_answers`` and lm-eva
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
@@ -34,6 +36,7 @@ from ..data.corpus import BackgroundText, background_text
 from ..recurrent import RecurrentMemoryTransformer
 from ..tasks.babilong import BabilongTask, context_length
 from ..tasks.babilong_prompts import compare_answers, lenient_match
+from ..training.run_dir import write_json_atomic, write_text_atomic
 
 METRICS = ("accuracy", "lenient")  # the benchmark's strict check, lm-eval's substring match
 DEFAULT_MAX_NEW_TOKENS = 16  # lm-eval's babilong generation length
@@ -53,6 +56,15 @@ class Reader:
     @property
     def prompt(self) -> str:
         return "none" if self.is_rmt else "official"
+
+    @cached_property
+    def weights_hash(self) -> str:
+        """A hash of the weights: kept answers of a model since retrained in place are not reused."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
 
     @property
     def max_positions(self) -> Optional[int]:
@@ -229,9 +241,16 @@ def evaluate_babilong(readers: Sequence[Reader], tasks: Sequence[int], lengths: 
                       num_samples: int | Mapping[str, int],
                       babi: Any = None, background: Optional[str] = None, split: str = "test",
                       max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 1,
-                      prompt_source: str = "auto", answer_marker: str = "", progress: bool = True) -> dict:
+                      prompt_source: str = "auto", answer_marker: str = "", progress: bool = True,
+                      cells: Optional[str | Path] = None) -> dict:
     """Every reader on the first ``num_samples`` samples of every task x length (an int, or one per
     length: ``{"0k": 200, "1M": 20}``, every length given).
+
+    ``cells``: a folder where each finished cell's answers are kept (written atomically), so that an
+    interrupted evaluation run again with the same folder reads them back and computes only the
+    rest. A kept cell is used only if everything its answers depend on is the same (the model's
+    weights, its spec and settings, the samples, split, prompt, background and answer length);
+    otherwise it is computed again and replaced.
 
     ``answer_marker`` goes after the question for RMTs (``"GEN"`` for the authors' checkpoints).
     ``batch_size`` samples are read at a time: a full-attention model's left-padded, an RMT's of
@@ -247,6 +266,7 @@ def evaluate_babilong(readers: Sequence[Reader], tasks: Sequence[int], lengths: 
     for length in lengths:
         context_length(length)  # a bad length fails before any model runs
     start = time.time()
+    resumed = 0
     texts: dict[int, BackgroundText] = {}  # the background text read once per tokenizer
     results: dict = {r.name: {m: {} for m in METRICS} for r in readers}
     outputs: dict = {r.name: {} for r in readers}
@@ -264,7 +284,20 @@ def evaluate_babilong(readers: Sequence[Reader], tasks: Sequence[int], lengths: 
                 available = task.num_samples(split)
                 wanted = per_length[str(length)]
                 count = wanted if available is None else min(wanted, available)
-                answers = _answer_cell(reader, task, count, split, max_new_tokens, batch_size, bar)
+                kept = None if cells is None else Path(cells) / _file_name(reader.name) / f"qa{qa}-{length}.json"
+                settings = None if kept is None else {
+                    "reader": reader.spec, "info": reader.info, "prompt": reader.prompt, "weights": reader.weights_hash,
+                    "count": count, "split": split, "max_new_tokens": max_new_tokens, "babi": str(babi),
+                    "background": str(background), "prompt_source": prompt_source, "answer_marker": answer_marker}
+                answers = _kept_answers(kept, settings)
+                if answers is not None:
+                    resumed += 1
+                    bar.update(count)
+                else:
+                    answers = _answer_cell(reader, task, count, split, max_new_tokens, batch_size, bar)
+                    if kept is not None and answers is not None:
+                        kept.parent.mkdir(parents=True, exist_ok=True)
+                        write_json_atomic(kept, {"settings": settings, "answers": answers})
                 bar.update(wanted - count)
                 cell = f"qa{qa}", str(length)
                 if answers is None:
@@ -281,7 +314,23 @@ def evaluate_babilong(readers: Sequence[Reader], tasks: Sequence[int], lengths: 
                 results[reader.name]["lenient"].setdefault(cell[0], {})[cell[1]] = sum(lenient) / len(lenient)
                 outputs[reader.name].setdefault(cell[0], {})[cell[1]] = rows
     bar.close()
-    return {"results": results, "outputs": outputs, "seconds": round(time.time() - start, 1)}
+    return {"results": results, "outputs": outputs, "seconds": round(time.time() - start, 1), "resumed_cells": resumed}
+
+
+def _kept_answers(path: Optional[Path], settings: Optional[dict]) -> Optional[list[str]]:
+    """The answers kept in ``path`` if they were computed with ``settings``; None to compute them."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        kept = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # damaged (not written by write_json_atomic): computed again
+    same = json.loads(json.dumps(settings, default=str)) == kept.get("settings")
+    return kept.get("answers") if same else None
+
+
+def _file_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "_"
 
 
 def samples_per_length(num_samples: int | Mapping[str, int], lengths: Sequence[str],
@@ -394,5 +443,5 @@ def write_report(out: str | Path, report: dict) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "babilong.json"
-    path.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    write_text_atomic(path, json.dumps(report, indent=1, default=str) + "\n")
     return path

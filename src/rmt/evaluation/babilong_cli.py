@@ -61,7 +61,9 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
                    help="where the official prompts are read from (default: lm-eval's task files if installed)")
     p.add_argument("--answer-marker", default="", metavar="TEXT",
                    help="text after the question for RMTs (GEN for the authors' fine-tuned checkpoints)")
-    p.add_argument("--out", default="babilong-results", help="output folder (default ./babilong-results)")
+    p.add_argument("--out", default="babilong-results",
+                   help="output folder (default ./babilong-results); each finished cell is kept in OUT/cells, so an "
+                        "interrupted evaluation run again with the same --out computes only the cells left")
     p.set_defaults(func=run)
     return p
 
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate_babilong(readers, args.tasks, args.lengths, args.samples, babi=args.babi,
                                background=args.background, split=args.split, max_new_tokens=args.max_new_tokens,
                                batch_size=args.batch_size, prompt_source=args.prompt_source,
-                               answer_marker=args.answer_marker)
+                               answer_marker=args.answer_marker, cells=Path(args.out) / "cells")
     settings = {
         "tasks": [f"qa{qa}" for qa in args.tasks], "lengths": [str(n) for n in args.lengths],
         "context_tokens": {str(n): context_length(n) for n in args.lengths}, "samples_per_cell": args.samples if isinstance(args.samples, int) else samples,
@@ -114,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(report["results"], args.tasks, args.lengths, "accuracy"))
     print()
     print(format_table(report["results"], args.tasks, args.lengths, "lenient"))
-    print(f"\nwrote {path} and {out / 'babilong.png'} ({report['seconds']:.0f} s)")
+    resumed = f", {report['resumed_cells']} cells read back from {out / 'cells'}" if report["resumed_cells"] else ""
+    print(f"\nwrote {path} and {out / 'babilong.png'} ({report['seconds']:.0f} s{resumed})")
     return 0
 
 
