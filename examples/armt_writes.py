@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from rmt.training.cli import _load_best, _run_config, with_task_args
+from rmt.training import load_run
+from rmt.training.cli import with_task_args
 from rmt.training.trainer import make_tasks
 
 
@@ -31,8 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     run = Path(args.run)
-    config = with_task_args(_run_config(run), args.task_args)
-    model = _load_best(run).eval()
+    model, config = load_run(run)
+    config = with_task_args(config, args.task_args)
+    model.eval()
     if model.rmt_config.memory != "armt":
         raise SystemExit(f"{run}: memory={model.rmt_config.memory!r}; this reads the write gates of memory='armt'")
     task = make_tasks(config)(args.segments)

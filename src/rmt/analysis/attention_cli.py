@@ -80,19 +80,19 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..tasks.base import predictions_from_logits
-    from ..training.cli import _load_best, _run_config
+    from ..training.trainer import load_run, run_config
     from .attention import attention_json, attention_maps, describe_panel, plot_attention_maps, segment_attentions
 
     num_segments = _int("--segments", args.segments, minimum=1)
     layer = None if str(args.layer).lower() == "all" else _int("--layer", args.layer)
     run_dir = Path(args.run)
-    config = _run_config(run_dir)
+    config = run_config(run_dir)
     if config.rmt.get("xl_cache"):
         raise ValueError(f"{run_dir}: a run with xl_cache={config.rmt['xl_cache']} is not drawn: its keys include "
                          "the cache of earlier segments")
     seed = config.seed if args.seed is None else _int("--seed", args.seed)
     task = _task(config, num_segments, seed)
-    model = _load_best(run_dir).eval()
+    model = load_run(run_dir)[0].eval()
     example = task.example(EXAMPLE_INDEX, EXAMPLE_SPLIT)
     spans = task.spans(EXAMPLE_INDEX, EXAMPLE_SPLIT) if hasattr(task, "spans") else {}
     ids = torch.tensor([example["input_ids"]])

@@ -84,15 +84,9 @@ def load_reader(spec: str, name: Optional[str] = None, tokenizer: Any = None) ->
     path = Path(spec)
     name = name or path.name or spec
     if (path / "train_config.json").is_file():
-        from ..training.config import TrainConfig
-        from ..training.run_dir import read_state
-        from ..training.trainer import load_trained, make_tasks
+        from ..training.trainer import load_run, make_tasks
 
-        stages = read_state(path)["stages"]  # best_dir resolved against the run folder (stored relative to it)
-        if not stages:
-            raise FileNotFoundError(f"{path / 'state.json'} not found: has the run in {path} finished a stage?")
-        config = TrainConfig.load(path / "train_config.json")
-        model = load_trained(config, stages[-1]["best_dir"])
+        model, config = load_run(path)
         tok = tokenizer if tokenizer is not None else make_tasks(config).tokenizer
         return Reader(name, model.eval(), tok, spec, is_rmt=True, info=_rmt_info(model))
     if (path / "rmt_config.json").is_file():

@@ -2,6 +2,6 @@
 
 from .config import TrainConfig
 from .curriculum import Stage, parse_curriculum
-from .trainer import TrainingDiverged, TrainingInterrupted, TrainResult, build_model, train
+from .trainer import TrainingDiverged, TrainingInterrupted, TrainResult, build_model, load_run, run_config, train
 
-__all__ = ["Stage", "TrainConfig", "TrainResult", "TrainingDiverged", "TrainingInterrupted", "build_model", "parse_curriculum", "train"]
+__all__ = ["Stage", "TrainConfig", "TrainResult", "TrainingDiverged", "TrainingInterrupted", "build_model", "load_run", "parse_curriculum", "run_config", "train"]

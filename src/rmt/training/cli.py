@@ -95,24 +95,15 @@ def _load_config(path, args: argparse.Namespace, extra: tuple[str, ...] = ()) ->
     return config
 
 
-def _run_config(run: Path) -> TrainConfig:
-    from .run_dir import CONFIG_NAME, read_json
-
-    path = run / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: give a run directory written by `rmt train`")
-    return TrainConfig.from_dict(read_json(path))
-
-
 def run_eval(args: argparse.Namespace) -> int:
     """Evaluate trained runs at many input lengths; print a table, write results.json and a plot."""
-    from .trainer import make_tasks
+    from .trainer import load_run, make_tasks
 
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     run = Path(args.run)
-    config = _run_config(run)
-    models = {"rmt": _load_best(run)}
+    model, config = load_run(run)
+    models = {"rmt": model}
     extra = {}
     if args.write_threshold is not None:
         models["rmt"].set_write_threshold(args.write_threshold)
@@ -125,8 +116,7 @@ def run_eval(args: argparse.Namespace) -> int:
         name, sep, path = item.partition("=")
         if not sep:
             raise ValueError(f"--baseline takes NAME=RUN_DIR, got {item!r}")
-        _run_config(Path(path))
-        models[name] = _load_best(Path(path))
+        models[name] = load_run(path)[0]
     tasks = make_tasks(config)
     for n in args.segments:  # bad task arguments fail here, in one line, before any evaluation
         tasks(n)
@@ -147,16 +137,6 @@ def with_task_args(config: TrainConfig, items: list[str]) -> TrainConfig:
     if not items:
         return config
     return TrainConfig.from_dict(apply_overrides(config.to_dict(), tuple(f"task_args.{a.strip()}" for a in items)))
-
-
-def _load_best(run: Path):
-    from .run_dir import STATE_NAME, read_state
-    from .trainer import load_trained
-
-    stages = read_state(run)["stages"]
-    if not stages:
-        raise FileNotFoundError(f"{run / STATE_NAME} not found: has the run in {run} finished a stage?")
-    return load_trained(_run_config(run), stages[-1]["best_dir"])
 
 
 def _evaluate_and_report(models, tasks, config: TrainConfig, segments, examples: int, out: Path, trained,

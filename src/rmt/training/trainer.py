@@ -113,6 +113,24 @@ def build_model(config: TrainConfig) -> tuple[RecurrentMemoryTransformer, TaskFa
     return RecurrentMemoryTransformer(backbone, rmt_config), tasks
 
 
+def run_config(run: str | Path) -> TrainConfig:
+    """The config of a run of `rmt train` (its ``train_config.json``)."""
+    path = Path(run) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: give a run directory written by `rmt train`")
+    return TrainConfig.from_dict(read_json(path))
+
+
+def load_run(run: str | Path) -> tuple[RecurrentMemoryTransformer, TrainConfig]:
+    """The model a run of `rmt train` kept (the best checkpoint of its last finished stage) and the
+    run's config; the run may have moved since it was trained."""
+    config = run_config(run)
+    stages = read_state(Path(run))["stages"]
+    if not stages:
+        raise FileNotFoundError(f"{Path(run) / 'state.json'} not found: has the run in {run} finished a stage?")
+    return load_trained(config, stages[-1]["best_dir"]), config
+
+
 def load_trained(config: TrainConfig, path: Any) -> RecurrentMemoryTransformer:
     """A model saved by a run of `config`; a LoRA run's adapter is loaded over a freshly built base."""
     try:
