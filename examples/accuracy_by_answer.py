@@ -1,6 +1,7 @@
 """Accuracy of a classification run by the right answer, and what it answers instead when wrong:
 which facts a memory drops (the place words an ARMT's write gate learned to ignore, or the facts
-that share a fixed point of a token memory over long inputs).
+that share a fixed point of a token memory over long inputs); on the memory tasks also the errors
+on facts cut by a segment boundary and on facts whole in one segment.
 
     .venv/bin/python examples/accuracy_by_answer.py runs/decoyG --segments 64 --examples 100 --task-arg decoy_rate=0
     .venv/bin/python examples/accuracy_by_answer.py runs/reproduce/fig5-memorize/rmt --segments 64 --examples 128
@@ -47,6 +48,14 @@ def main(argv: list[str] | None = None) -> None:
             if asked:
                 instead = ", ".join(f"{guess} {n}" for (a, guess), n in pairs.most_common() if a == answer != guess)
                 print(f"  {answer}: {pairs[answer, answer]}/{asked} right" + (f"; answered {instead}" if instead else ""))
+        if hasattr(task, "spans"):  # a fact cut by a segment boundary is read half in each segment
+            size = model.rmt_config.segment_size
+            cut = [(f := task.spans(i, "validation")["facts"][0])["start"] // size != (f["end"] - 1) // size
+                   for i in range(args.examples)]
+            wrong = [p != e["label"] for p, e in zip(predicted, examples)]
+            for name, where in (("cut by a segment boundary", True), ("whole in one segment", False)):
+                print(f"  facts {name}: {sum(w for w, c in zip(wrong, cut) if c == where)} of "
+                      f"{sum(c == where for c in cut)} wrong")
 
 
 if __name__ == "__main__":
