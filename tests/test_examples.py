@@ -46,23 +46,20 @@ def test_accuracy_by_answer_counts_each_examples_own_prediction(armt_run, capsys
     printed = capsys.readouterr().out.splitlines()
     model, config = load_run(armt_run)
     task = make_tasks(TrainConfig.from_dict({**config.to_dict(), "task_args": {"kind": "classification"}}))(3)
-    truth = Counter()
+    size = model.rmt_config.segment_size
+    truth, wrong = Counter(), {True: 0, False: 0}  # wrong on facts cut by a segment boundary / whole
+    cut = [(f := task.spans(i, "validation")["facts"][0])["start"] // size != (f["end"] - 1) // size for i in range(12)]
     with torch.no_grad():  # one example at a time, without decoys
         for i in range(12):
             example = task.example(i, "validation")
             guess = model.eval()(**task.collate([example])).logits.argmax(-1).item()
             truth[task.label_names[example["label"]], task.label_names[guess]] += 1
+            wrong[cut[i]] += guess != example["label"]
     right = sum(n for (a, g), n in truth.items() if a == g)
     assert printed[0].endswith(f"accuracy {right / 12:.3f}")
-    counted, size = Counter(), model.rmt_config.segment_size
-    cut = [(f := task.spans(i, "validation")["facts"][0])["start"] // size != (f["end"] - 1) // size for i in range(12)]
-    wrong = {where: 0 for where in (True, False)}
-    for i in range(12):
-        example = task.example(i, "validation")
-        with torch.no_grad():
-            wrong[cut[i]] += model(**task.collate([example])).logits.argmax(-1).item() != example["label"]
     assert printed[-2:] == [f"  facts cut by a segment boundary: {wrong[True]} of {sum(cut)} wrong",
                             f"  facts whole in one segment: {wrong[False]} of {12 - sum(cut)} wrong"]
+    counted = Counter()
     for line in printed[1:-2]:
         answer, got, asked, rest = re.fullmatch(r"  (\w+): (\d+)/(\d+) right(?:; answered (.*))?", line).groups()
         counted[answer, answer] = int(got)
